@@ -1,0 +1,145 @@
+"""The `bertcli` command line: one thin function per command (parse, build a config, call the core).
+
+Every `UserError` raised below becomes one line on stderr and exit code 2, and so does every
+usage error Typer/Click detects (unknown option, bad type), instead of a multi-line panel.
+"""
+
+from __future__ import annotations
+
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from typer.core import TyperGroup
+
+from bertcli import __version__
+from bertcli.errors import UserError
+
+try:  # recent typer vendors click
+    from typer._click.exceptions import ClickException
+except ImportError:  # pragma: no cover - typer on top of click
+    from click.exceptions import ClickException
+
+Abort = typer.Abort
+
+
+class _OneLineErrors(TyperGroup):
+    """Run commands non-standalone so errors can be reported as a single stderr line."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        try:
+            rv = super().main(
+                args=args,
+                prog_name=prog_name,
+                complete_var=complete_var,
+                standalone_mode=False,
+                **extra,
+            )
+        except UserError as exc:
+            _fail(str(exc))
+        except ClickException as exc:
+            _fail(exc.format_message(), exc.exit_code or 2)
+        except Abort:
+            sys.stderr.write("aborted\n")
+            sys.exit(130)
+        except KeyboardInterrupt:
+            sys.stderr.write("interrupted\n")
+            sys.exit(130)
+        code = rv if isinstance(rv, int) else 0
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
+
+def _fail(message: str, code: int = 2) -> None:
+    first = " ".join(message.strip().split("\n")[:1]) or "error"
+    sys.stderr.write(f"error: {first}\n")
+    sys.exit(code)
+
+
+app = typer.Typer(
+    cls=_OneLineErrors,
+    name="bertcli",
+    help="Pretrain BERT: download a corpus, build a tokenizer, preprocess, pretrain, evaluate.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"bertcli {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Pretrain BERT from raw text to a checkpoint that loads in Hugging Face transformers."""
+
+
+class Preset(str, Enum):
+    tiny = "tiny"
+    mini = "mini"
+    small = "small"
+    medium = "medium"
+    base = "base"
+    large = "large"
+
+
+def _model_overrides(**fields: Any) -> dict[str, Any]:
+    return {k: v for k, v in fields.items() if v is not None}
+
+
+@app.command("export-config")
+def export_config(
+    preset: Preset = typer.Option(Preset.base, help="Size from Google's BERT family."),
+    from_checkpoint: Optional[Path] = typer.Option(
+        None, help="Take the config of this checkpoint directory instead of a preset."
+    ),
+    vocab_size: Optional[int] = typer.Option(None, help="Vocabulary size (default 30522)."),
+    hidden_size: Optional[int] = typer.Option(None, help="Hidden size H."),
+    num_hidden_layers: Optional[int] = typer.Option(None, help="Encoder layers L."),
+    num_attention_heads: Optional[int] = typer.Option(None, help="Attention heads A."),
+    intermediate_size: Optional[int] = typer.Option(None, help="Feed-forward size (default 4H)."),
+    hidden_act: Optional[str] = typer.Option(None, help="gelu, gelu_new, relu, silu …"),
+    max_position_embeddings: Optional[int] = typer.Option(None, help="Longest sequence."),
+    out: Path = typer.Option(Path("bert-config.json"), help="Where to write the config JSON."),
+) -> None:
+    """Write the model config in transformers' config.json format.
+
+    Example: bertcli export-config --preset base --vocab-size 21128 --out bert-config.json
+    """
+    from bertcli.config import BertConfig
+    from bertcli.hf import load_config
+
+    overrides = _model_overrides(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        num_hidden_layers=num_hidden_layers,
+        num_attention_heads=num_attention_heads,
+        intermediate_size=intermediate_size,
+        hidden_act=hidden_act,
+        max_position_embeddings=max_position_embeddings,
+    )
+    if from_checkpoint is not None:
+        config = load_config(from_checkpoint).with_overrides(**overrides)
+    else:
+        config = BertConfig.from_preset(preset.value, **overrides)
+    if out.is_dir():
+        raise UserError(f"--out {out} is a directory; give a file name")
+    if not out.parent.exists():
+        raise UserError(f"--out: directory {out.parent} does not exist")
+    config.save(out)
+    typer.echo(f"wrote {out}")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

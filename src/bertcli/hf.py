@@ -1,0 +1,198 @@
+"""Reading and writing transformers' checkpoint layout: the one place that maps parameter names.
+
+A checkpoint directory holds `config.json` and `model.safetensors` (or `pytorch_model.bin`) with
+transformers' `BertForPreTraining` parameter names. Ours differ in two ways: query/key/value are
+fused into one `qkv` matrix, and module names are shorter. The decoder weight is tied to the word
+embeddings and not stored, as transformers does.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from bertcli.config import BertConfig
+from bertcli.errors import UserError
+from bertcli.model import BertForPreTraining
+
+WEIGHTS_NAME = "model.safetensors"
+LEGACY_WEIGHTS_NAME = "pytorch_model.bin"
+CONFIG_NAME = "config.json"
+
+# ours -> transformers, for everything except the fused qkv.
+_EMBEDDINGS = {
+    "bert.embeddings.word_embeddings.weight": "bert.embeddings.word_embeddings.weight",
+    "bert.embeddings.position_embeddings.weight": "bert.embeddings.position_embeddings.weight",
+    "bert.embeddings.token_type_embeddings.weight": "bert.embeddings.token_type_embeddings.weight",
+    "bert.embeddings.norm.weight": "bert.embeddings.LayerNorm.weight",
+    "bert.embeddings.norm.bias": "bert.embeddings.LayerNorm.bias",
+}
+_LAYER = {
+    "attention.out": "attention.output.dense",
+    "attn_norm": "attention.output.LayerNorm",
+    "ffn_in": "intermediate.dense",
+    "ffn_out": "output.dense",
+    "ffn_norm": "output.LayerNorm",
+}
+_HEADS = {
+    "bert.pooler.weight": "bert.pooler.dense.weight",
+    "bert.pooler.bias": "bert.pooler.dense.bias",
+    "mlm_dense.weight": "cls.predictions.transform.dense.weight",
+    "mlm_dense.bias": "cls.predictions.transform.dense.bias",
+    "mlm_norm.weight": "cls.predictions.transform.LayerNorm.weight",
+    "mlm_norm.bias": "cls.predictions.transform.LayerNorm.bias",
+    "mlm_bias": "cls.predictions.bias",
+    "nsp.weight": "cls.seq_relationship.weight",
+    "nsp.bias": "cls.seq_relationship.bias",
+}
+_QKV = ("query", "key", "value")
+
+
+def _name_map(config: BertConfig) -> dict[str, str]:
+    names = dict(_EMBEDDINGS)
+    for i in range(config.num_hidden_layers):
+        for ours, theirs in _LAYER.items():
+            for kind in ("weight", "bias"):
+                names[f"bert.layers.{i}.{ours}.{kind}"] = f"bert.encoder.layer.{i}.{theirs}.{kind}"
+    names.update(_HEADS)
+    return names
+
+
+def to_hf_state_dict(model: BertForPreTraining) -> dict[str, torch.Tensor]:
+    """Our parameters under transformers' names (qkv split, tied decoder left out)."""
+    ours = model.state_dict()
+    out = {theirs: ours[name] for name, theirs in _name_map(model.config).items()}
+    for i in range(model.config.num_hidden_layers):
+        for kind in ("weight", "bias"):
+            parts = ours[f"bert.layers.{i}.attention.qkv.{kind}"].chunk(3, dim=0)
+            for part, which in zip(parts, _QKV):
+                out[f"bert.encoder.layer.{i}.attention.self.{which}.{kind}"] = part
+    return {k: v.detach().contiguous() for k, v in out.items()}
+
+
+def _normalise_hf_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Accept old TF-converted names (gamma/beta) and bare `BertModel` prefixes."""
+    out = {}
+    for key, value in state.items():
+        key = key.replace("LayerNorm.gamma", "LayerNorm.weight").replace(
+            "LayerNorm.beta", "LayerNorm.bias"
+        )
+        out[key] = value
+    return out
+
+
+def from_hf_state_dict(
+    state: dict[str, torch.Tensor], config: BertConfig, source: str = "checkpoint"
+) -> dict[str, torch.Tensor]:
+    """transformers' tensors -> our state dict; names any missing or mis-shaped tensor."""
+    state = _normalise_hf_names(state)
+    shapes = _shapes(config)
+
+    def take(name: str) -> torch.Tensor:
+        if name not in state:
+            raise UserError(f"{source}: missing tensor {name}")
+        return state[name]
+
+    ours: dict[str, torch.Tensor] = {}
+    for name, theirs in _name_map(config).items():
+        ours[name] = take(theirs)
+    for i in range(config.num_hidden_layers):
+        for kind in ("weight", "bias"):
+            parts = [take(f"bert.encoder.layer.{i}.attention.self.{w}.{kind}") for w in _QKV]
+            for part, which in zip(parts, _QKV):
+                expected = shapes[f"bert.layers.{i}.attention.qkv.{kind}"]
+                expected = (expected[0] // 3, *expected[1:])
+                if tuple(part.shape) != expected:
+                    raise UserError(
+                        f"{source}: tensor bert.encoder.layer.{i}.attention.self.{which}.{kind} "
+                        f"has shape {tuple(part.shape)}, expected {expected}"
+                    )
+            ours[f"bert.layers.{i}.attention.qkv.{kind}"] = torch.cat(parts, dim=0)
+    hf_names = _name_map(config)
+    for name, tensor in ours.items():
+        if tuple(tensor.shape) != shapes[name]:
+            label = hf_names.get(name, name)
+            raise UserError(
+                f"{source}: tensor {label} has shape {tuple(tensor.shape)}, "
+                f"expected {shapes[name]} from config.json"
+            )
+    return ours
+
+
+def _shapes(config: BertConfig) -> dict[str, tuple[int, ...]]:
+    with torch.device("meta"):
+        model = BertForPreTraining(config)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def is_checkpoint_dir(path: Path) -> bool:
+    """A directory with config.json and weights in a format we read."""
+    return (path / CONFIG_NAME).is_file() and (
+        (path / WEIGHTS_NAME).is_file() or (path / LEGACY_WEIGHTS_NAME).is_file()
+    )
+
+
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The raw tensors of a checkpoint directory (safetensors preferred)."""
+    if (path / WEIGHTS_NAME).is_file():
+        try:
+            return load_file(str(path / WEIGHTS_NAME))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise UserError(f"{path / WEIGHTS_NAME}: unreadable safetensors file ({exc})") from None
+    if (path / LEGACY_WEIGHTS_NAME).is_file():
+        try:
+            state = torch.load(path / LEGACY_WEIGHTS_NAME, map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch raises many types for corrupt pickles
+            raise UserError(f"{path / LEGACY_WEIGHTS_NAME}: unreadable weights ({exc})") from None
+        if not isinstance(state, dict):
+            raise UserError(f"{path / LEGACY_WEIGHTS_NAME}: not a state dict")
+        return state
+    raise UserError(f"{path}: no {WEIGHTS_NAME} or {LEGACY_WEIGHTS_NAME}")
+
+
+def load_config(path: str | Path) -> BertConfig:
+    """The BertConfig of a checkpoint directory, with a clear error if it is not one."""
+    path = Path(path)
+    if not path.is_dir():
+        raise UserError(f"{path}: not a directory (expected a BERT checkpoint directory)")
+    if not (path / CONFIG_NAME).is_file():
+        raise UserError(f"{path}: not a BERT checkpoint (no {CONFIG_NAME})")
+    return BertConfig.load(path / CONFIG_NAME)
+
+
+def load_pretrained(path: str | Path, map_location: str = "cpu") -> BertForPreTraining:
+    """Build our model from a transformers-layout directory."""
+    path = Path(path)
+    config = load_config(path)
+    state = from_hf_state_dict(read_weights(path), config, source=str(path))
+    model = BertForPreTraining(config)
+    model.load_state_dict(state, strict=True)
+    return model.to(map_location)
+
+
+def save_pretrained(model: BertForPreTraining, path: str | Path) -> None:
+    """Write config.json + model.safetensors atomically (temp dir, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        write_pretrained_files(model, tmp)
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_pretrained_files(model: BertForPreTraining, directory: Path) -> None:
+    """config.json + model.safetensors into an existing directory (no atomicity)."""
+    model.config.save(directory / CONFIG_NAME)
+    tensors = {k: v.to("cpu", torch.float32) for k, v in to_hf_state_dict(model).items()}
+    save_file(tensors, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})

@@ -1,0 +1,74 @@
+"""BertConfig: presets, validation messages that name the field, JSON in transformers' format."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bertcli.config import PRESETS, BertConfig
+from bertcli.errors import UserError
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_presets_follow_google_family(name):
+    layers, hidden, heads = PRESETS[name]
+    cfg = BertConfig.from_preset(name)
+    assert (cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads) == (
+        layers, hidden, heads,
+    )
+    assert cfg.intermediate_size == 4 * hidden
+
+
+def test_preset_values():
+    assert PRESETS["tiny"] == (2, 128, 2)
+    assert PRESETS["base"] == (12, 768, 12)
+    assert PRESETS["large"] == (24, 1024, 16)
+
+
+def test_hidden_override_rescales_intermediate():
+    cfg = BertConfig.from_preset("tiny", hidden_size=256, num_attention_heads=4)
+    assert cfg.intermediate_size == 1024
+
+
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        ({"hidden_size": 100, "num_attention_heads": 3}, "hidden_size"),
+        ({"vocab_size": 0}, "vocab_size"),
+        ({"num_hidden_layers": -1}, "num_hidden_layers"),
+        ({"hidden_act": "nope"}, "hidden_act"),
+        ({"hidden_dropout_prob": 1.5}, "hidden_dropout_prob"),
+        ({"vocab_size": 10, "pad_token_id": 10}, "pad_token_id"),
+    ],
+)
+def test_validation_names_the_field(kwargs, field):
+    with pytest.raises(UserError, match=field):
+        BertConfig(**kwargs)
+
+
+def test_unknown_preset():
+    with pytest.raises(UserError, match="unknown preset"):
+        BertConfig.from_preset("huge")
+
+
+def test_json_matches_transformers(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    cfg = BertConfig.from_preset("mini", vocab_size=1234)
+    cfg.save(tmp_path / "config.json")
+    data = json.loads((tmp_path / "config.json").read_text())
+    assert data["model_type"] == "bert" and data["architectures"] == ["BertForPreTraining"]
+    theirs = transformers.BertConfig.from_json_file(tmp_path / "config.json")
+    for field in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                  "intermediate_size", "layer_norm_eps", "max_position_embeddings"):
+        assert getattr(theirs, field) == getattr(cfg, field)
+    assert BertConfig.load(tmp_path / "config.json") == cfg
+
+
+def test_load_rejects_other_model_types(tmp_path):
+    (tmp_path / "c.json").write_text(json.dumps({"model_type": "gpt2"}))
+    with pytest.raises(UserError, match="model_type"):
+        BertConfig.load(tmp_path / "c.json")
+    (tmp_path / "bad.json").write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(UserError, match="not a JSON"):
+        BertConfig.load(tmp_path / "bad.json")

@@ -1,0 +1,199 @@
+"""Parity with transformers' BertForPreTraining (the independent reference), both directions."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bertcli.config import BertConfig
+from bertcli.errors import UserError
+from bertcli.model import BertForPreTraining
+
+transformers = pytest.importorskip("transformers")
+
+
+def tiny_config(**kw) -> BertConfig:
+    base = dict(
+        vocab_size=101,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        max_position_embeddings=64,
+    )
+    base.update(kw)
+    return BertConfig(**base)
+
+
+def padded_batch(vocab: int, B: int = 4, T: int = 16, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, vocab, (B, T), generator=g)
+    types = torch.zeros_like(ids)
+    types[:, T // 2 :] = 1
+    mask = torch.ones_like(ids)
+    mask[1, 11:] = 0
+    mask[3, 6:] = 0
+    ids[mask == 0] = 0
+    types[mask == 0] = 0
+    labels = torch.full_like(ids, -100)
+    for b, positions in enumerate([[1, 3, 9], [2, 10], [4, 5, 12, 13], [1]]):
+        labels[b, positions] = ids[b, positions]
+    nsp = torch.tensor([0, 1, 1, 0])
+    return ids, types, mask, labels, nsp
+
+
+def hf_outputs(hf, ids, types, mask):
+    return hf(input_ids=ids, token_type_ids=types, attention_mask=mask)
+
+
+@pytest.mark.parametrize("act", ["gelu", "gelu_new", "relu"])
+def test_ours_to_transformers(tmp_path, act):
+    torch.manual_seed(0)
+    cfg = tiny_config(hidden_act=act)
+    ours = BertForPreTraining(cfg).eval()
+    ours.save_pretrained(tmp_path / "ckpt")
+    theirs = transformers.BertForPreTraining.from_pretrained(tmp_path / "ckpt").eval()
+    ids, types, mask, labels, nsp = padded_batch(cfg.vocab_size)
+    with torch.no_grad():
+        a = ours(ids, types, mask)
+        b = hf_outputs(theirs, ids, types, mask)
+    valid = mask.bool()
+    assert (a.mlm_logits - b.prediction_logits)[valid].abs().max() < 1e-4
+    assert (a.nsp_logits - b.seq_relationship_logits).abs().max() < 1e-4
+
+
+def test_transformers_to_ours(tmp_path):
+    torch.manual_seed(1)
+    hf_cfg = transformers.BertConfig(**tiny_config().to_dict())
+    theirs = transformers.BertForPreTraining(hf_cfg).eval()
+    # make biases and LayerNorms non-trivial so a swapped name would show
+    with torch.no_grad():
+        for name, p in theirs.named_parameters():
+            if name.endswith("bias") or "LayerNorm" in name:
+                p.add_(0.1 * torch.randn_like(p))
+    theirs.save_pretrained(tmp_path / "hf")
+    ours = BertForPreTraining.from_pretrained(tmp_path / "hf").eval()
+    ids, types, mask, labels, nsp = padded_batch(101, seed=3)
+    with torch.no_grad():
+        a = ours(ids, types, mask, masked_lm_labels=labels, next_sentence_labels=nsp)
+        b = theirs(
+            input_ids=ids, token_type_ids=types, attention_mask=mask, labels=labels,
+            next_sentence_label=nsp,
+        )
+        dense = ours(ids, types, mask)
+    valid = mask.bool()
+    assert (dense.mlm_logits - b.prediction_logits)[valid].abs().max() < 1e-4
+    assert (a.nsp_logits - b.seq_relationship_logits).abs().max() < 1e-4
+    torch.testing.assert_close(a.loss, b.loss, atol=1e-5, rtol=1e-5)
+
+
+def test_legacy_bin_and_gamma_beta_names(tmp_path):
+    torch.manual_seed(2)
+    theirs = transformers.BertForPreTraining(transformers.BertConfig(**tiny_config().to_dict()))
+    state = {
+        k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"): v
+        for k, v in theirs.state_dict().items()
+    }
+    (tmp_path / "old").mkdir()
+    torch.save(state, tmp_path / "old" / "pytorch_model.bin")
+    theirs.config.to_json_file(tmp_path / "old" / "config.json")
+    ours = BertForPreTraining.from_pretrained(tmp_path / "old").eval()
+    ids, types, mask, *_ = padded_batch(101)
+    with torch.no_grad():
+        a = ours(ids, types, mask).nsp_logits
+        b = theirs.eval()(input_ids=ids, token_type_ids=types, attention_mask=mask)
+    assert (a - b.seq_relationship_logits).abs().max() < 1e-4
+
+
+def test_sparse_equals_dense_at_labelled_positions():
+    torch.manual_seed(0)
+    model = BertForPreTraining(tiny_config()).eval()
+    ids, types, mask, labels, nsp = padded_batch(101)
+    with torch.no_grad():
+        dense = model(ids, types, mask).mlm_logits
+        sparse = model(ids, types, mask, masked_lm_labels=labels)
+    selected = labels != -100
+    assert sparse.mlm_logits.shape == (int(selected.sum()), 101)
+    torch.testing.assert_close(sparse.mlm_logits, dense[selected], atol=1e-5, rtol=1e-5)
+    expected = torch.nn.functional.cross_entropy(dense[selected], labels[selected])
+    torch.testing.assert_close(sparse.mlm_loss, expected, atol=1e-6, rtol=1e-6)
+
+
+def test_mlm_only_loss_and_no_labels():
+    torch.manual_seed(0)
+    model = BertForPreTraining(tiny_config())
+    ids, types, mask, labels, nsp = padded_batch(101)
+    out = model(ids, types, mask, masked_lm_labels=labels)
+    assert out.nsp_loss is None
+    assert torch.equal(out.loss, out.mlm_loss)
+    both = model.eval()(ids, types, mask, masked_lm_labels=labels, next_sentence_labels=nsp)
+    torch.testing.assert_close(both.loss, both.mlm_loss + both.nsp_loss)
+    none = model(ids)
+    assert none.loss is None and none.mlm_logits.shape == (4, 16, 101)
+
+
+def test_no_labelled_tokens_gives_zero_not_nan():
+    model = BertForPreTraining(tiny_config())
+    ids = torch.randint(0, 101, (2, 8))
+    out = model(ids, masked_lm_labels=torch.full_like(ids, -100))
+    assert torch.isfinite(out.loss) and out.loss.item() == 0.0
+
+
+def test_decoder_is_tied_to_word_embeddings():
+    model = BertForPreTraining(tiny_config())
+    assert model.decoder_weight is model.bert.embeddings.word_embeddings.weight
+    ids = torch.randint(0, 101, (2, 8))
+    labels = ids.clone()
+    model(ids, masked_lm_labels=labels).loss.backward()
+    grad_before = model.bert.embeddings.word_embeddings.weight.grad.clone()
+    with torch.no_grad():
+        model.bert.embeddings.word_embeddings.weight[5].add_(1.0)
+    # the decoder sees the change because it is the same tensor
+    assert torch.equal(model.decoder_weight[5], model.bert.embeddings.word_embeddings.weight[5])
+    assert grad_before.abs().sum() > 0
+
+
+def test_initialisation_follows_bert():
+    cfg = tiny_config(hidden_size=128, num_attention_heads=2, intermediate_size=512)
+    torch.manual_seed(0)
+    model = BertForPreTraining(cfg)
+    w = model.bert.layers[0].ffn_in.weight
+    assert abs(w.std().item() - cfg.initializer_range) < 0.002
+    assert model.bert.layers[0].ffn_in.bias.abs().sum() == 0
+    assert torch.all(model.bert.layers[0].attn_norm.weight == 1)
+    assert model.bert.embeddings.word_embeddings.weight[cfg.pad_token_id].abs().sum() == 0
+
+
+def test_save_load_roundtrip_assert_close(tmp_path):
+    torch.manual_seed(0)
+    model = BertForPreTraining(tiny_config()).eval()
+    model.save_pretrained(tmp_path / "c")
+    again = BertForPreTraining.from_pretrained(tmp_path / "c").eval()
+    for (n1, p1), (n2, p2) in zip(model.state_dict().items(), again.state_dict().items()):
+        assert n1 == n2
+        torch.testing.assert_close(p1, p2, rtol=0, atol=0)
+
+
+def test_missing_and_misshaped_tensors_are_named(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    model = BertForPreTraining(tiny_config())
+    model.save_pretrained(tmp_path / "c")
+    weights = load_file(str(tmp_path / "c" / "model.safetensors"))
+    del weights["cls.seq_relationship.bias"]
+    save_file(weights, str(tmp_path / "c" / "model.safetensors"))
+    with pytest.raises(UserError, match="cls.seq_relationship.bias"):
+        BertForPreTraining.from_pretrained(tmp_path / "c")
+
+    model.save_pretrained(tmp_path / "d")
+    weights = load_file(str(tmp_path / "d" / "model.safetensors"))
+    weights["bert.pooler.dense.weight"] = torch.zeros(3, 3)
+    save_file(weights, str(tmp_path / "d" / "model.safetensors"))
+    with pytest.raises(UserError, match=r"bert.pooler.dense.weight has shape \(3, 3\)"):
+        BertForPreTraining.from_pretrained(tmp_path / "d")
+
+    (tmp_path / "e").mkdir()
+    with pytest.raises(UserError, match="not a BERT checkpoint"):
+        BertForPreTraining.from_pretrained(tmp_path / "e")
