@@ -36,8 +36,17 @@ def test_export_config_base(invoke, tmp_path):
 def test_export_config_overrides(invoke, tmp_path):
     out = tmp_path / "c.json"
     result = invoke(
-        "export-config", "--preset", "tiny", "--vocab-size", "21128", "--hidden-act", "relu",
-        "--num-hidden-layers", "3", "--out", out,
+        "export-config",
+        "--preset",
+        "tiny",
+        "--vocab-size",
+        "21128",
+        "--hidden-act",
+        "relu",
+        "--num-hidden-layers",
+        "3",
+        "--out",
+        out,
     )
     assert result.exit_code == 0, result.output
     data = json.loads(out.read_text())
@@ -48,8 +57,12 @@ def test_export_config_from_checkpoint(invoke, tmp_path):
     from bertcli.config import BertConfig
     from bertcli.model import BertForPreTraining
 
-    BertForPreTraining(BertConfig.from_preset("tiny", vocab_size=50)).save_pretrained(tmp_path / "ck")
-    result = invoke("export-config", "--from-checkpoint", tmp_path / "ck", "--out", tmp_path / "o.json")
+    BertForPreTraining(BertConfig.from_preset("tiny", vocab_size=50)).save_pretrained(
+        tmp_path / "ck"
+    )
+    result = invoke(
+        "export-config", "--from-checkpoint", tmp_path / "ck", "--out", tmp_path / "o.json"
+    )
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "o.json").read_text())["vocab_size"] == 50
 

@@ -15,7 +15,9 @@ def test_presets_follow_google_family(name):
     layers, hidden, heads = PRESETS[name]
     cfg = BertConfig.from_preset(name)
     assert (cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads) == (
-        layers, hidden, heads,
+        layers,
+        hidden,
+        heads,
     )
     assert cfg.intermediate_size == 4 * hidden
 
@@ -59,8 +61,15 @@ def test_json_matches_transformers(tmp_path):
     data = json.loads((tmp_path / "config.json").read_text())
     assert data["model_type"] == "bert" and data["architectures"] == ["BertForPreTraining"]
     theirs = transformers.BertConfig.from_json_file(tmp_path / "config.json")
-    for field in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                  "intermediate_size", "layer_norm_eps", "max_position_embeddings"):
+    for field in (
+        "vocab_size",
+        "hidden_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "intermediate_size",
+        "layer_norm_eps",
+        "max_position_embeddings",
+    ):
         assert getattr(theirs, field) == getattr(cfg, field)
     assert BertConfig.load(tmp_path / "config.json") == cfg
 

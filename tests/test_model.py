@@ -79,7 +79,10 @@ def test_transformers_to_ours(tmp_path):
     with torch.no_grad():
         a = ours(ids, types, mask, masked_lm_labels=labels, next_sentence_labels=nsp)
         b = theirs(
-            input_ids=ids, token_type_ids=types, attention_mask=mask, labels=labels,
+            input_ids=ids,
+            token_type_ids=types,
+            attention_mask=mask,
+            labels=labels,
             next_sentence_label=nsp,
         )
         dense = ours(ids, types, mask)
@@ -93,7 +96,9 @@ def test_legacy_bin_and_gamma_beta_names(tmp_path):
     torch.manual_seed(2)
     theirs = transformers.BertForPreTraining(transformers.BertConfig(**tiny_config().to_dict()))
     state = {
-        k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"): v
+        k.replace("LayerNorm.weight", "LayerNorm.gamma").replace(
+            "LayerNorm.bias", "LayerNorm.beta"
+        ): v
         for k, v in theirs.state_dict().items()
     }
     (tmp_path / "old").mkdir()

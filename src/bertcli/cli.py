@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 from typer.core import TyperGroup
@@ -100,16 +100,16 @@ def _model_overrides(**fields: Any) -> dict[str, Any]:
 @app.command("export-config")
 def export_config(
     preset: Preset = typer.Option(Preset.base, help="Size from Google's BERT family."),
-    from_checkpoint: Optional[Path] = typer.Option(
+    from_checkpoint: Path | None = typer.Option(
         None, help="Take the config of this checkpoint directory instead of a preset."
     ),
-    vocab_size: Optional[int] = typer.Option(None, help="Vocabulary size (default 30522)."),
-    hidden_size: Optional[int] = typer.Option(None, help="Hidden size H."),
-    num_hidden_layers: Optional[int] = typer.Option(None, help="Encoder layers L."),
-    num_attention_heads: Optional[int] = typer.Option(None, help="Attention heads A."),
-    intermediate_size: Optional[int] = typer.Option(None, help="Feed-forward size (default 4H)."),
-    hidden_act: Optional[str] = typer.Option(None, help="gelu, gelu_new, relu, silu …"),
-    max_position_embeddings: Optional[int] = typer.Option(None, help="Longest sequence."),
+    vocab_size: int | None = typer.Option(None, help="Vocabulary size (default 30522)."),
+    hidden_size: int | None = typer.Option(None, help="Hidden size H."),
+    num_hidden_layers: int | None = typer.Option(None, help="Encoder layers L."),
+    num_attention_heads: int | None = typer.Option(None, help="Attention heads A."),
+    intermediate_size: int | None = typer.Option(None, help="Feed-forward size (default 4H)."),
+    hidden_act: str | None = typer.Option(None, help="gelu, gelu_new, relu, silu …"),
+    max_position_embeddings: int | None = typer.Option(None, help="Longest sequence."),
     out: Path = typer.Option(Path("bert-config.json"), help="Where to write the config JSON."),
 ) -> None:
     """Write the model config in transformers' config.json format.

@@ -236,4 +236,3 @@ def flops_per_token(config: BertConfig, seq_len: int, masked_fraction: float = 0
     attention = 2 * seq_len * H  # QK^T and AV per token per layer (multiply-adds)
     head = masked_fraction * (H * H + H * config.vocab_size)
     return 6.0 * (L * (per_layer + attention) + head)
-
