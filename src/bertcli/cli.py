@@ -140,6 +140,97 @@ def export_config(
     typer.echo(f"wrote {out}")
 
 
+class TokenizerType(str, Enum):
+    wordpiece = "wordpiece"
+    sentencepiece = "sentencepiece"
+
+
+class InputFormat(str, Enum):
+    auto = "auto"
+    text = "text"
+    wikitext = "wikitext"
+    jsonl = "jsonl"
+
+
+@app.command("build-tokenizer")
+def build_tokenizer(
+    out: Path = typer.Option(..., help="Tokenizer directory to write (later: --tokenizer DIR)."),
+    type: TokenizerType = typer.Option(TokenizerType.wordpiece, help="Vocabulary to train."),
+    train_data: list[Path] = typer.Option(
+        None, help="Corpus files to train on (text, WikiText or JSON lines); repeatable."
+    ),
+    vocab_size: int = typer.Option(30522, help="Exact size of the trained vocabulary."),
+    min_frequency: int = typer.Option(2, help="Drop pieces seen fewer times (WordPiece)."),
+    sample_size: int | None = typer.Option(
+        None, help="Train on a random sample of this many sentences (default: all)."
+    ),
+    lowercase: bool | None = typer.Option(
+        None,
+        "--lowercase/--no-lowercase",
+        help="Lowercase and strip accents (default: on when training, inferred from --vocab-file).",
+    ),
+    input_format: InputFormat = typer.Option(InputFormat.auto, help="How to read --train-data."),
+    vocab_file: Path | None = typer.Option(
+        None, help="Wrap a published BERT vocab.txt instead of training."
+    ),
+    sentencepiece_model: Path | None = typer.Option(
+        None, help="Import a SentencePiece Unigram tokenizer.model instead of training."
+    ),
+    json_output: bool = typer.Option(False, "--json", help="Print a JSON summary, no progress."),
+) -> None:
+    """Train a WordPiece / SentencePiece vocabulary, or wrap a published vocab.txt.
+
+    Example: bertcli build-tokenizer --train-data data/wikitext2/train.txt --vocab-size 30522
+    --out tokenizer/
+    """
+    from bertcli import tokenizer as tk
+    from bertcli.console import make_reporter
+
+    sources = [bool(train_data), vocab_file is not None, sentencepiece_model is not None]
+    if sum(sources) != 1:
+        raise UserError("give exactly one of --train-data, --vocab-file, --sentencepiece-model")
+    reporter = make_reporter(quiet=json_output)
+    stats = None
+    if vocab_file is not None:
+        tok = tk.tokenizer_from_vocab(vocab_file, lowercase)
+        tk.save_tokenizer(tok, out)
+    elif sentencepiece_model is not None:
+        tok = tk.tokenizer_from_sentencepiece(sentencepiece_model, bool(lowercase))
+        tk.save_tokenizer(tok, out)
+    else:
+        tok, stats = tk.train_tokenizer(
+            type.value,
+            train_data,
+            vocab_size,
+            out,
+            min_frequency=min_frequency,
+            sample_size=sample_size,
+            lowercase=True if lowercase is None else lowercase,
+            input_format=input_format.value,
+            reporter=reporter,
+        )
+    summary = {
+        "out": str(out),
+        "type": tok.kind,
+        "vocab_size": tok.vocab_size,
+        "lowercase": tok.lowercase,
+    }
+    if stats is not None:
+        summary.update(sentences=stats.sentences, invalid_utf8_lines=stats.invalid_utf8_lines)
+        if stats.invalid_utf8_lines:
+            reporter.log(f"warning: {stats.invalid_utf8_lines} lines had invalid UTF-8 (replaced)")
+    _report(summary, json_output, f"wrote {tok.kind} tokenizer ({tok.vocab_size} tokens) to {out}")
+
+
+def _report(summary: dict[str, Any], json_output: bool, line: str) -> None:
+    import json
+
+    if json_output:
+        typer.echo(json.dumps(summary))
+    else:
+        typer.echo(line)
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

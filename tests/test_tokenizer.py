@@ -1,0 +1,238 @@
+"""Tokenizers: encodings equal the slow (pure-Python) BertTokenizer; trained vocabularies are exact."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bertcli.errors import UserError
+from bertcli.tokenizer import (
+    SPECIAL_TOKENS,
+    infer_lowercase,
+    load_tokenizer,
+    read_vocab_file,
+    save_tokenizer,
+    tokenizer_from_sentencepiece,
+    tokenizer_from_vocab,
+    train_tokenizer,
+)
+from tests.conftest import VOCAB_DIR, WIKITEXT2, ZH_DIR, require
+
+transformers = pytest.importorskip("transformers")
+
+
+def slow_reference(vocab_file, lowercase):
+    """The pure-Python BERT tokenizer (transformers >= 5 moved it to a legacy module)."""
+    try:
+        from transformers.models.bert.tokenization_bert_legacy import BertTokenizerLegacy as Slow
+    except ImportError:  # transformers 4.x
+        from transformers import BertTokenizer as Slow
+    return Slow(str(vocab_file), do_lower_case=lowercase)
+
+
+def reference_ids(ref, lines):
+    return [ref.convert_tokens_to_ids(ref.tokenize(line)) for line in lines]
+
+
+@pytest.fixture
+def small_corpus(tmp_path):
+    path = tmp_path / "corpus.txt"
+    lines = [line for line in require(WIKITEXT2 / "valid.txt").read_text().splitlines()][:1500]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, lowercase", [("uncased", True), ("cased", False)])
+def test_wordpiece_equals_slow_bert_tokenizer_on_wikitext2_valid(name, lowercase):
+    vocab = require(VOCAB_DIR / f"bert-base-{name}.txt")
+    lines = [ln.strip() for ln in (WIKITEXT2 / "valid.txt").read_text().splitlines() if ln.strip()]
+    ours = tokenizer_from_vocab(vocab)
+    assert ours.lowercase is lowercase  # inferred from the vocabulary
+    expected = reference_ids(slow_reference(vocab, lowercase), lines)
+    got = ours.encode_batch(lines)
+    mismatches = [i for i, (a, b) in enumerate(zip(got, expected)) if a != b]
+    assert not mismatches, f"{len(mismatches)} lines differ, first: {lines[mismatches[0]][:80]}"
+
+
+@pytest.mark.slow
+def test_chinese_equals_slow_bert_tokenizer_on_wiki_sample():
+    vocab = require(VOCAB_DIR / "bert-base-chinese.txt")
+    lines = []
+    for path in sorted(require(ZH_DIR).glob("*.jsonl")):
+        for record in path.read_text(encoding="utf-8").splitlines():
+            lines += [p for p in json.loads(record)["text"].split("\n") if p.strip()]
+    ours = tokenizer_from_vocab(vocab)
+    assert ours.lowercase is True
+    expected = reference_ids(slow_reference(vocab, True), lines)
+    got = ours.encode_batch(lines)
+    mismatches = [i for i, (a, b) in enumerate(zip(got, expected)) if a != b]
+    assert not mismatches, f"{len(mismatches)} of {len(lines)} lines differ"
+
+
+def test_published_vocab_ids_match_lines(tmp_path):
+    vocab = require(VOCAB_DIR / "bert-base-uncased.txt")
+    tok = tokenizer_from_vocab(vocab)
+    assert (tok.pad_id, tok.unk_id, tok.cls_id, tok.sep_id, tok.mask_id) == (0, 100, 101, 102, 103)
+    save_tokenizer(tok, tmp_path / "tok")
+    assert (tmp_path / "tok" / "vocab.txt").read_bytes() == vocab.read_bytes()
+    again = load_tokenizer(tmp_path / "tok")
+    assert again.encode_batch(["the quick fox"]) == tok.encode_batch(["the quick fox"])
+    assert again.tokenizer.token_to_id("the") == 1996
+
+
+def test_pair_template_and_autotokenizer(tmp_path):
+    tok = tokenizer_from_vocab(require(VOCAB_DIR / "bert-base-cased.txt"))
+    save_tokenizer(tok, tmp_path / "tok")
+    auto = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "tok"))
+    enc = auto("Hello there", "General Kenobi")
+    ref = slow_reference(VOCAB_DIR / "bert-base-cased.txt", False)
+    a = ref.convert_tokens_to_ids(ref.tokenize("Hello there"))
+    b = ref.convert_tokens_to_ids(ref.tokenize("General Kenobi"))
+    assert enc["input_ids"] == [101] + a + [102] + b + [102]
+    assert enc["token_type_ids"] == [0] * (len(a) + 2) + [1] * (len(b) + 1)
+
+
+@pytest.mark.parametrize("kind", ["wordpiece", "sentencepiece"])
+def test_trained_vocab_has_exact_size_and_specials(tmp_path, small_corpus, kind):
+    tok, stats = train_tokenizer(kind, [small_corpus], 2000, tmp_path / "tok")
+    assert tok.vocab_size == 2000
+    assert stats.sentences > 0
+    files = {p.name for p in (tmp_path / "tok").iterdir()}
+    assert {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"} <= files
+    if kind == "wordpiece":
+        lines = (tmp_path / "tok" / "vocab.txt").read_text().splitlines()
+        assert len(lines) == 2000 and lines[:5] == list(SPECIAL_TOKENS)
+        assert any(t.startswith("##") for t in lines)
+    loaded = load_tokenizer(tmp_path / "tok")
+    assert loaded.kind == kind and loaded.vocab_size == 2000
+    enc = loaded.tokenizer.encode("the first part", "the second")
+    assert enc.ids[0] == loaded.cls_id and enc.ids[-1] == loaded.sep_id
+    assert enc.ids.count(loaded.sep_id) == 2
+    first_sep = enc.ids.index(loaded.sep_id)
+    assert set(enc.type_ids[: first_sep + 1]) == {0} and set(enc.type_ids[first_sep + 1 :]) == {1}
+    auto = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "tok"))
+    assert auto("the first part", "the second")["input_ids"] == enc.ids
+
+
+def test_wikitext_unk_is_the_special_token(tmp_path, small_corpus):
+    tok, _ = train_tokenizer("wordpiece", [small_corpus], 1500, tmp_path / "tok")
+    assert tok.tokenizer.token_to_id("unk") is None  # `<unk>` was not learned as a word
+    assert tok.tokenizer.encode("a [UNK] b", add_special_tokens=False).ids[1] == tok.unk_id
+
+
+def test_chinese_characters_are_split(tmp_path):
+    corpus = tmp_path / "zh.jsonl"
+    records = require(ZH_DIR / "wiki2019zh-wiki_zh-AA-wiki_00.jsonl").read_text().splitlines()[:8]
+    corpus.write_text("\n".join(records) + "\n")
+    tok, _ = train_tokenizer("wordpiece", [corpus], 2000, tmp_path / "tok", min_frequency=1)
+    pieces = tok.tokenizer.encode("数学是一门学科", add_special_tokens=False).tokens
+    assert pieces == list("数学是一门学科")
+
+
+def test_sample_size_and_invalid_utf8_counted(tmp_path, small_corpus):
+    data = small_corpus.read_bytes() + b"bad \xff\xfe bytes here .\n"
+    small_corpus.write_bytes(data)
+    tok, stats = train_tokenizer(
+        "wordpiece", [small_corpus], 800, tmp_path / "tok", sample_size=500
+    )
+    assert stats.invalid_utf8_lines == 1
+    assert tok.vocab_size == 800
+
+
+def test_infer_lowercase():
+    assert infer_lowercase(read_vocab_file(require(VOCAB_DIR / "bert-base-uncased.txt")))
+    assert not infer_lowercase(read_vocab_file(VOCAB_DIR / "bert-base-cased.txt"))
+
+
+def _write_spm_model(path, pieces, model_type=1):
+    """A minimal SentencePiece ModelProto, written field by field (no protobuf library)."""
+    import struct
+
+    def varint(n):
+        out = b""
+        while True:
+            b = n & 0x7F
+            n >>= 7
+            out += bytes([b | (0x80 if n else 0)])
+            if not n:
+                return out
+
+    def field(num, wire, payload):
+        key = varint(num << 3 | wire)
+        if wire == 2:
+            return key + varint(len(payload)) + payload
+        return key + payload
+
+    body = b""
+    for piece, score, kind in pieces:
+        msg = field(1, 2, piece.encode()) + field(2, 5, struct.pack("<f", score))
+        msg += field(3, 0, varint(kind))
+        body += field(1, 2, msg)
+    body += field(2, 2, field(3, 0, varint(model_type)))
+    path.write_bytes(body)
+
+
+def test_import_handwritten_sentencepiece_model(tmp_path):
+    pieces = [("<unk>", 0.0, 2), ("<s>", 0.0, 3), ("</s>", 0.0, 3), ("▁", -1.0, 1)]
+    pieces += [("▁hello", -2.0, 1), ("▁world", -2.5, 1)] + [(c, -5.0, 1) for c in "helowrd"]
+    _write_spm_model(tmp_path / "t.model", pieces)
+    tok = tokenizer_from_sentencepiece(tmp_path / "t.model")
+    assert tok.unk_id == 0 and tok.tokenizer.id_to_token(0) == "[UNK]"
+    assert tok.encode_batch(["hello world"]) == [[4, 5]]
+    assert tok.vocab_size == len(pieces) + 4  # [PAD] [CLS] [SEP] [MASK] appended
+    _write_spm_model(tmp_path / "bpe.model", pieces, model_type=2)
+    with pytest.raises(UserError, match="BPE"):
+        tokenizer_from_sentencepiece(tmp_path / "bpe.model")
+
+
+def test_import_real_sentencepiece_model_matches_sentencepiece(tmp_path, small_corpus):
+    spm = pytest.importorskip("sentencepiece")
+    spm.SentencePieceTrainer.train(
+        input=str(small_corpus),
+        model_prefix=str(tmp_path / "m"),
+        vocab_size=1000,
+        model_type="unigram",
+        normalization_rule_name="identity",
+        minloglevel=2,
+    )
+    ours = tokenizer_from_sentencepiece(tmp_path / "m.model")
+    reference = spm.SentencePieceProcessor(model_file=str(tmp_path / "m.model"))
+    lines = [ln.strip() for ln in small_corpus.read_text().splitlines() if ln.strip()][:300]
+    got = ours.encode_batch(lines)
+    expected = [reference.encode(line) for line in lines]
+    agree = sum(a == b for a, b in zip(got, expected)) / len(lines)
+    assert agree > 0.97, agree
+
+
+@pytest.mark.parametrize(
+    "content, needle",
+    [
+        (b"[PAD]\n[UNK]\nhello\n", "lacks the special tokens [CLS] [SEP] [MASK]"),
+        (b"[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\nx\nx\n", "repeats 'x'"),
+        (b"\xff\xfe[PAD]\n", "not valid UTF-8"),
+        (b"", "empty"),
+    ],
+)
+def test_bad_vocab_files(tmp_path, content, needle):
+    (tmp_path / "vocab.txt").write_bytes(content)
+    with pytest.raises(UserError, match=needle.replace("[", r"\[").replace("]", r"\]")):
+        tokenizer_from_vocab(tmp_path / "vocab.txt")
+
+
+def test_bad_training_inputs_leave_no_directory(tmp_path, small_corpus):
+    with pytest.raises(UserError, match="too small"):
+        train_tokenizer("wordpiece", [small_corpus], 30, tmp_path / "tok")
+    with pytest.raises(UserError, match="only"):
+        train_tokenizer("wordpiece", [small_corpus], 500_000, tmp_path / "tok")
+    (tmp_path / "empty.txt").write_text("")
+    with pytest.raises(UserError, match="empty"):
+        train_tokenizer("wordpiece", [tmp_path / "empty.txt"], 100, tmp_path / "tok")
+    with pytest.raises(UserError, match="no such file"):
+        train_tokenizer("wordpiece", [tmp_path / "missing.txt"], 100, tmp_path / "tok")
+    assert not (tmp_path / "tok").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tok")]
+    (tmp_path / "garbage.model").write_bytes(b"\xff" * 20)
+    with pytest.raises(UserError, match="not a readable SentencePiece model"):
+        tokenizer_from_sentencepiece(tmp_path / "garbage.model")
