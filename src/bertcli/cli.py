@@ -222,6 +222,120 @@ def build_tokenizer(
     _report(summary, json_output, f"wrote {tok.kind} tokenizer ({tok.vocab_size} tokens) to {out}")
 
 
+@app.command("download")
+def download(
+    name: str = typer.Argument(
+        ..., help="Corpus: wikitext2, wikitext2-raw, wikitext103 or wikitext103-raw."
+    ),
+    out: Path | None = typer.Option(None, help="Directory to fill (default: data/NAME)."),
+    url: str | None = typer.Option(
+        None, help="Use this mirror (http(s):// or file://) instead of the known ones."
+    ),
+    sha256: str | None = typer.Option(None, help="Expected sha256 of the archive."),
+    retries: int = typer.Option(5, help="Retries per mirror for transient errors."),
+    json_output: bool = typer.Option(False, "--json", help="Print a JSON summary, no progress."),
+) -> None:
+    """Download, verify and unpack a corpus to DIR/train.txt, valid.txt, test.txt.
+
+    Example: bertcli download wikitext2 --out data/wikitext2
+    """
+    from dataclasses import asdict
+
+    from bertcli.console import make_reporter
+    from bertcli.download import download as fetch_corpus
+
+    if retries < 0:
+        raise UserError(f"--retries must be >= 0, got {retries}")
+    result = fetch_corpus(
+        name, out, url=url, sha256=sha256, reporter=make_reporter(json_output), retries=retries
+    )
+    line = (
+        f"{name}: already complete in {result.directory}"
+        if result.skipped
+        else f"{name}: wrote {', '.join(result.files.values())}"
+    )
+    _report(asdict(result), json_output, line)
+
+
+@app.command("preprocess")
+def preprocess(
+    input: list[Path] = typer.Option(..., help="Corpus files or directories; repeatable."),
+    out: Path = typer.Option(..., help="Output directory (a DLE-named sub-directory is made)."),
+    tokenizer: Path | None = typer.Option(None, help="Tokenizer directory (build-tokenizer)."),
+    vocab_file: Path | None = typer.Option(None, help="Or a published BERT vocab.txt."),
+    lowercase: bool | None = typer.Option(
+        None, "--lowercase/--no-lowercase", help="With --vocab-file: override inferred casing."
+    ),
+    max_seq_length: int = typer.Option(128, help="Tokens per example, [CLS]/[SEP] included."),
+    max_predictions_per_seq: int = typer.Option(20, help="Most masked positions per example."),
+    masked_lm_prob: float = typer.Option(0.15, help="Fraction of tokens to predict."),
+    short_seq_prob: float = typer.Option(0.1, help="Probability of a shorter target length."),
+    dupe_factor: int = typer.Option(5, help="Passes over the corpus with different masks."),
+    seed: int = typer.Option(12345, help="Random seed (output is identical for a seed)."),
+    whole_word_masking: bool = typer.Option(False, help="Mask whole words, not pieces."),
+    input_format: InputFormat = typer.Option(InputFormat.auto, help="How to read --input."),
+    workers: int | None = typer.Option(None, help="Processes (default: all cores)."),
+    shard_size: int = typer.Option(65536, help="Examples per HDF5 shard."),
+    eval_fraction: float = typer.Option(
+        0.0, help="Fraction of documents held out as eval shards (DIR/eval)."
+    ),
+    json_output: bool = typer.Option(False, "--json", help="Print a JSON summary, no progress."),
+) -> None:
+    """Turn raw text into masked-LM + next-sentence HDF5 shards (DeepLearningExamples format).
+
+    Example: bertcli preprocess --input data/wikitext2/train.txt --tokenizer tokenizer/
+    --out shards/
+    """
+    import os
+    from dataclasses import asdict
+
+    from bertcli.console import make_reporter
+    from bertcli.preprocess import PreprocessConfig
+    from bertcli.preprocess import preprocess as run_preprocess
+
+    tok = _load_tokenizer(tokenizer, vocab_file, lowercase)
+    config = PreprocessConfig(
+        inputs=list(input),
+        out=out,
+        max_seq_length=max_seq_length,
+        max_predictions_per_seq=max_predictions_per_seq,
+        masked_lm_prob=masked_lm_prob,
+        short_seq_prob=short_seq_prob,
+        dupe_factor=dupe_factor,
+        seed=seed,
+        whole_word_masking=whole_word_masking,
+        input_format=input_format.value,
+        workers=workers if workers is not None else (os.cpu_count() or 1),
+        shard_size=shard_size,
+        eval_fraction=eval_fraction,
+    )
+    reporter = make_reporter(json_output)
+    result = run_preprocess(config, tok, reporter)
+    if result.skipped_documents:
+        reporter.log(f"skipped {result.skipped_documents} documents too short to pair")
+    if result.invalid_utf8_lines:
+        reporter.log(f"warning: {result.invalid_utf8_lines} lines had invalid UTF-8 (replaced)")
+    _report(
+        asdict(result),
+        json_output,
+        f"wrote {result.train_examples} examples in {result.train_shards} shards"
+        + (f" (+{result.eval_examples} eval)" if result.eval_examples else "")
+        + f" to {result.directory}",
+    )
+
+
+def _load_tokenizer(tokenizer: Path | None, vocab_file: Path | None, lowercase: bool | None):
+    from bertcli import tokenizer as tk
+
+    if tokenizer is not None and vocab_file is not None:
+        raise UserError("give --tokenizer or --vocab-file, not both")
+    if tokenizer is not None:
+        return tk.load_tokenizer(tokenizer)
+    if vocab_file is not None:
+        return tk.tokenizer_from_vocab(vocab_file, lowercase)
+    raise UserError("give --tokenizer DIR or --vocab-file vocab.txt")
+
+
 def _report(summary: dict[str, Any], json_output: bool, line: str) -> None:
     import json
 

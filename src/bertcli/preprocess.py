@@ -1,0 +1,359 @@
+"""Raw text -> masked-LM + next-sentence examples -> DLE-format HDF5 shards.
+
+The corpus streams through in *blocks* of documents. Each block is tokenized in one
+`encode_batch` call (tokenizers' Rust core), turned into examples with an RNG seeded by
+(seed, block), and shuffled; blocks run in `--workers` processes with a bounded window, and are
+written in block order. So the output is identical whatever the worker count, and peak memory
+depends on the block size and worker count, not on the corpus size.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import tempfile
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from bertcli.console import Reporter
+from bertcli.data.corpus import FORMATS, CorpusStats, check_input_files, read_documents
+from bertcli.data.examples import (
+    Corpus,
+    MaskingSpec,
+    assemble,
+    continuation_mask,
+    document_pairs,
+    mask_sequence,
+)
+from bertcli.data.shards import ShardArrays, write_shard
+from bertcli.errors import UserError
+from bertcli.tokenizer import BertTokenizer
+
+MAX_SEQ_LENGTH_LIMIT = 512  # BERT's position table; longer sequences no BERT could use
+BLOCK_DOCUMENTS = 256
+BLOCK_CHARS = 1 << 20
+
+
+@dataclass
+class PreprocessConfig:
+    """Options of `bertcli preprocess`, with DLE's defaults."""
+
+    inputs: list[Path]
+    out: Path
+    max_seq_length: int = 128
+    max_predictions_per_seq: int = 20
+    masked_lm_prob: float = 0.15
+    short_seq_prob: float = 0.1
+    dupe_factor: int = 5
+    seed: int = 12345
+    whole_word_masking: bool = False
+    input_format: str = "auto"
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    shard_size: int = 65536
+    eval_fraction: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 8 <= self.max_seq_length <= MAX_SEQ_LENGTH_LIMIT:
+            raise UserError(
+                f"--max-seq-length must be between 8 and {MAX_SEQ_LENGTH_LIMIT} "
+                f"(BERT's position embeddings), got {self.max_seq_length}"
+            )
+        if not 1 <= self.max_predictions_per_seq <= self.max_seq_length:
+            raise UserError(
+                f"--max-predictions-per-seq must be between 1 and --max-seq-length, "
+                f"got {self.max_predictions_per_seq}"
+            )
+        if not 0.0 < self.masked_lm_prob < 1.0:
+            raise UserError(f"--masked-lm-prob must be in (0, 1), got {self.masked_lm_prob}")
+        if not 0.0 <= self.short_seq_prob <= 1.0:
+            raise UserError(f"--short-seq-prob must be in [0, 1], got {self.short_seq_prob}")
+        if self.dupe_factor < 1:
+            raise UserError(f"--dupe-factor must be >= 1, got {self.dupe_factor}")
+        if self.workers < 1:
+            raise UserError(f"--workers must be >= 1, got {self.workers}")
+        if self.shard_size < 1:
+            raise UserError(f"--shard-size must be >= 1, got {self.shard_size}")
+        if not 0.0 <= self.eval_fraction < 1.0:
+            raise UserError(f"--eval-fraction must be in [0, 1), got {self.eval_fraction}")
+        if self.input_format not in FORMATS:
+            raise UserError(f"--input-format must be one of {', '.join(FORMATS)}")
+
+    def subdir_name(self, lowercase: bool) -> str:
+        """DLE's directory name for these settings."""
+        return (
+            f"lower_case_{int(lowercase)}_seq_len_{self.max_seq_length}"
+            f"_max_pred_{self.max_predictions_per_seq}_masked_lm_prob_{self.masked_lm_prob}"
+            f"_random_seed_{self.seed}_dupe_factor_{self.dupe_factor}"
+        )
+
+
+@dataclass
+class PreprocessResult:
+    """What was written, for the report and `preprocess.json`."""
+
+    directory: str
+    train_shards: int = 0
+    eval_shards: int = 0
+    train_examples: int = 0
+    eval_examples: int = 0
+    documents: int = 0
+    skipped_documents: int = 0
+    sentences: int = 0
+    tokens: int = 0
+    invalid_utf8_lines: int = 0
+    bad_json_lines: int = 0
+    random_next_fraction: float = 0.0
+
+
+# ---- one block, in a worker ------------------------------------------------------------------
+
+_WORKER: dict = {}
+
+
+def _init_worker(tokenizer_json: str, spec: MaskingSpec, config: PreprocessConfig) -> None:
+    from tokenizers import Tokenizer
+
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    _WORKER.update(tokenizer=Tokenizer.from_str(tokenizer_json), spec=spec, config=config)
+
+
+def _process_block(args: tuple[str, int, list[list[str]]]) -> tuple[dict, int, int, int]:
+    namespace, block, documents = args
+    return make_block_examples(
+        _WORKER["tokenizer"], documents, _WORKER["spec"], _WORKER["config"], namespace, block
+    )
+
+
+def make_block_examples(
+    tokenizer,
+    documents: list[list[str]],
+    spec: MaskingSpec,
+    config: PreprocessConfig,
+    namespace: str,
+    block: int,
+) -> tuple[dict, int, int, int]:
+    """Tokenize a block and build its examples: (arrays, skipped docs, tokens, random-next)."""
+    sentences = [s for doc in documents for s in doc]
+    encoded = tokenizer.encode_batch(sentences, add_special_tokens=False)
+    tokenized: list[list[list[int]]] = []
+    k = 0
+    skipped = 0
+    for doc in documents:
+        ids = [encoded[k + j].ids for j in range(len(doc))]
+        k += len(doc)
+        if sum(len(s) for s in ids) < 2:
+            skipped += 1
+            continue
+        tokenized.append(ids)
+    corpus = Corpus.from_documents(tokenized)
+    rng = random.Random(f"{config.seed}:{namespace}:{block}")
+    gen = np.random.default_rng([config.seed, block, 0 if namespace == "train" else 1])
+    pairs = []
+    for _ in range(config.dupe_factor):
+        for d in range(corpus.num_documents):
+            pairs.extend(
+                document_pairs(corpus, d, config.max_seq_length, config.short_seq_prob, rng)
+            )
+    rng.shuffle(pairs)
+    arrays = _pairs_to_arrays(corpus.tokens, pairs, config, spec, gen)
+    random_next = int(arrays["next_sentence_labels"].sum()) if pairs else 0
+    return arrays, skipped, len(corpus.tokens), random_next
+
+
+def _pairs_to_arrays(tokens, pairs, config: PreprocessConfig, spec: MaskingSpec, gen) -> dict:
+    n, seq, pred = len(pairs), config.max_seq_length, config.max_predictions_per_seq
+    out = {
+        "input_ids": np.zeros((n, seq), dtype=np.int32),
+        "input_mask": np.zeros((n, seq), dtype=np.int8),
+        "segment_ids": np.zeros((n, seq), dtype=np.int8),
+        "masked_lm_positions": np.zeros((n, pred), dtype=np.int32),
+        "masked_lm_ids": np.zeros((n, pred), dtype=np.int32),
+        "next_sentence_labels": np.zeros(n, dtype=np.int8),
+    }
+    for row, pair in enumerate(pairs):
+        ids, segments, length = assemble(tokens, pair, seq, spec)
+        ids, positions, labels = mask_sequence(ids, length, spec, gen)
+        out["input_ids"][row] = ids
+        out["input_mask"][row, :length] = 1
+        out["segment_ids"][row] = segments
+        out["masked_lm_positions"][row, : len(positions)] = positions
+        out["masked_lm_ids"][row, : len(labels)] = labels
+        out["next_sentence_labels"][row] = pair[4]
+    return out
+
+
+# ---- the driver ------------------------------------------------------------------------------
+
+
+def _blocks(
+    documents: Iterator[list[str]], eval_fraction: float, seed: int
+) -> Iterator[tuple[str, int, list[list[str]]]]:
+    """Group documents into (namespace, index, documents) blocks; eval docs drawn by seed."""
+    chooser = random.Random(f"{seed}:eval-split")
+    buffers: dict[str, list[list[str]]] = {"train": [], "eval": []}
+    sizes = {"train": 0, "eval": 0}
+    counts = {"train": 0, "eval": 0}
+    for doc in documents:
+        name = "eval" if eval_fraction and chooser.random() < eval_fraction else "train"
+        buffers[name].append(doc)
+        sizes[name] += sum(len(s) for s in doc)
+        if len(buffers[name]) >= BLOCK_DOCUMENTS or sizes[name] >= BLOCK_CHARS:
+            yield name, counts[name], buffers[name]
+            counts[name] += 1
+            buffers[name], sizes[name] = [], 0
+    for name in ("train", "eval"):
+        if buffers[name]:
+            yield name, counts[name], buffers[name]
+
+
+class _ShardWriter:
+    """Buffers examples and writes fixed-size shards into a directory."""
+
+    def __init__(self, directory: Path, prefix: str, shard_size: int):
+        self.directory, self.prefix, self.shard_size = directory, prefix, shard_size
+        self.pending: list[dict] = []
+        self.pending_rows = 0
+        self.shards = 0
+        self.examples = 0
+
+    def add(self, arrays: dict) -> None:
+        rows = len(arrays["input_ids"])
+        if not rows:
+            return
+        self.pending.append(arrays)
+        self.pending_rows += rows
+        while self.pending_rows >= self.shard_size:
+            self._write(self.shard_size)
+
+    def close(self) -> None:
+        if self.pending_rows:
+            self._write(self.pending_rows)
+
+    def _write(self, rows: int) -> None:
+        merged = {k: np.concatenate([p[k] for p in self.pending]) for k in self.pending[0]}
+        head = {k: v[:rows] for k, v in merged.items()}
+        rest = {k: v[rows:] for k, v in merged.items()}
+        self.directory.mkdir(parents=True, exist_ok=True)
+        name = f"{self.prefix}_{self.shards:05d}.hdf5"
+        write_shard(self.directory / name, ShardArrays(**head))
+        self.shards += 1
+        self.examples += rows
+        self.pending = [rest] if len(rest["input_ids"]) else []
+        self.pending_rows = len(rest["input_ids"])
+
+
+def preprocess(
+    config: PreprocessConfig, tokenizer: BertTokenizer, reporter: Reporter | None = None
+) -> PreprocessResult:
+    """Write DLE-format shards for `config.inputs` under `config.out/<DLE-named dir>/`."""
+    reporter = reporter or Reporter()
+    files = check_input_files(config.inputs, "--input")
+    spec = MaskingSpec(
+        vocab_size=tokenizer.vocab_size,
+        cls_id=tokenizer.cls_id,
+        sep_id=tokenizer.sep_id,
+        pad_id=tokenizer.pad_id,
+        mask_id=tokenizer.mask_id,
+        masked_lm_prob=config.masked_lm_prob,
+        max_predictions_per_seq=config.max_predictions_per_seq,
+        whole_word_masking=config.whole_word_masking,
+        continuation=continuation_mask(tokenizer) if config.whole_word_masking else None,
+    )
+    out = Path(config.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} exists and is not a directory")
+    final = out / config.subdir_name(tokenizer.lowercase)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=out))
+    try:
+        result = _run(config, tokenizer, spec, files, tmp, reporter)
+        result.directory = str(final)
+        (tmp / "preprocess.json").write_text(
+            json.dumps({"config": _jsonable(config), "result": asdict(result)}, indent=2) + "\n"
+        )
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return result
+
+
+def _jsonable(config: PreprocessConfig) -> dict:
+    data = asdict(config)
+    data["inputs"] = [str(p) for p in config.inputs]
+    data["out"] = str(config.out)
+    return data
+
+
+def _run(config, tokenizer, spec, files, directory: Path, reporter: Reporter) -> PreprocessResult:
+    stats = CorpusStats()
+    result = PreprocessResult(directory=str(directory))
+    writers = {
+        "train": _ShardWriter(directory, "training", config.shard_size),
+        "eval": _ShardWriter(directory / "eval", "eval", config.shard_size),
+    }
+    total_bytes = sum(f.stat().st_size for f in files)
+    reporter.start("Preprocessing", total=total_bytes, unit="bytes")
+    seen_bytes = 0
+    random_next = 0
+
+    def collect(namespace: str, outcome: tuple[dict, int, int, int]) -> None:
+        nonlocal seen_bytes, random_next
+        arrays, skipped, tokens, rnd = outcome
+        writers[namespace].add(arrays)
+        result.skipped_documents += skipped
+        result.tokens += tokens
+        random_next += rnd
+        reporter.advance(stats.bytes - seen_bytes, docs=stats.documents)
+        seen_bytes = stats.bytes
+
+    blocks = _blocks(
+        read_documents(files, config.input_format, stats), config.eval_fraction, config.seed
+    )
+    if config.workers == 1:
+        for namespace, index, docs in blocks:
+            collect(
+                namespace,
+                make_block_examples(tokenizer.tokenizer, docs, spec, config, namespace, index),
+            )
+    else:
+        init = (tokenizer.tokenizer.to_str(), spec, config)
+        with ProcessPoolExecutor(config.workers, initializer=_init_worker, initargs=init) as pool:
+            window: deque[tuple[str, Future]] = deque()
+            for namespace, index, docs in blocks:
+                window.append((namespace, pool.submit(_process_block, (namespace, index, docs))))
+                if len(window) >= 2 * config.workers:
+                    name, future = window.popleft()
+                    collect(name, future.result())
+            while window:
+                name, future = window.popleft()
+                collect(name, future.result())
+    for writer in writers.values():
+        writer.close()
+    reporter.finish()
+
+    result.documents = stats.documents
+    result.sentences = stats.sentences
+    result.invalid_utf8_lines = stats.invalid_utf8_lines
+    result.bad_json_lines = stats.bad_json_lines
+    result.train_shards, result.train_examples = writers["train"].shards, writers["train"].examples
+    result.eval_shards, result.eval_examples = writers["eval"].shards, writers["eval"].examples
+    total = result.train_examples + result.eval_examples
+    result.random_next_fraction = random_next / total if total else 0.0
+    if stats.documents == 0:
+        raise UserError("--input: the corpus has no documents (no text found)")
+    if result.train_examples == 0:
+        raise UserError(
+            f"--input: no examples could be made ({result.skipped_documents} documents too short "
+            "to pair)"
+        )
+    return result

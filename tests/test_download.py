@@ -1,0 +1,151 @@
+"""download: a loopback HTTP server serves a WikiText-2-shaped zip built from ../shared/data."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import io
+import json
+import threading
+import zipfile
+
+import pytest
+
+from bertcli.download import MARKER, REGISTRY, download
+from bertcli.errors import UserError
+from tests.conftest import WIKITEXT2, require
+
+
+@pytest.fixture(scope="module")
+def archive() -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
+        for split in ("train", "valid", "test"):
+            zf.write(require(WIKITEXT2 / f"{split}.txt"), f"wikitext-2/wiki.{split}.tokens")
+    return buffer.getvalue()
+
+
+class Server:
+    """Serves one payload with Range support; can cut the first response halfway."""
+
+    def __init__(self, payload: bytes):
+        self.payload = payload
+        self.cut_first = False
+        self.requests: list[str | None] = []
+        owner = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                owner.requests.append(self.headers.get("Range"))
+                if self.path != "/wikitext-2-v1.zip":
+                    self.send_error(404)
+                    return
+                start = 0
+                if self.headers.get("Range"):
+                    start = int(self.headers["Range"].split("=")[1].split("-")[0])
+                body = owner.payload[start:]
+                self.send_response(206 if start else 200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if owner.cut_first:
+                    owner.cut_first = False
+                    self.wfile.write(body[: len(body) // 2])
+                    self.wfile.flush()
+                    self.connection.shutdown(2)
+                    return
+                self.wfile.write(body)
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/wikitext-2-v1.zip"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def server(archive):
+    s = Server(archive)
+    yield s
+    s.close()
+
+
+def test_download_unpacks_byte_identical_files(server, tmp_path):
+    result = download("wikitext2", tmp_path / "wt2", url=server.url)
+    assert not result.skipped
+    for split in ("train", "valid", "test"):
+        assert (tmp_path / "wt2" / f"{split}.txt").read_bytes() == (
+            WIKITEXT2 / f"{split}.txt"
+        ).read_bytes()
+    marker = json.loads((tmp_path / "wt2" / MARKER).read_text())
+    assert marker["sha256"] == REGISTRY["wikitext2"].file_sha256
+    assert sorted(p.name for p in (tmp_path / "wt2").iterdir()) == sorted(
+        [MARKER, "train.txt", "valid.txt", "test.txt"]
+    )
+    again = download("wikitext2", tmp_path / "wt2", url=server.url)
+    assert again.skipped and len(server.requests) == 1  # nothing fetched the second time
+
+
+def test_resume_after_cut_connection(server, tmp_path):
+    server.cut_first = True
+    download("wikitext2", tmp_path / "wt2", url=server.url, backoff=0.01)
+    assert server.requests[0] is None and server.requests[1].startswith("bytes=")
+    assert int(server.requests[1].split("=")[1].rstrip("-")) > 0
+    assert (tmp_path / "wt2" / "train.txt").read_bytes() == (WIKITEXT2 / "train.txt").read_bytes()
+
+
+def test_wrong_checksum_leaves_nothing_complete(server, tmp_path):
+    with pytest.raises(UserError, match="sha256 does not match"):
+        download("wikitext2", tmp_path / "wt2", url=server.url, sha256="0" * 64)
+    assert not (tmp_path / "wt2" / MARKER).exists()
+    assert not (tmp_path / "wt2" / "train.txt").exists()
+    good = hashlib.sha256(server.payload).hexdigest()
+    download("wikitext2", tmp_path / "wt2", url=server.url, sha256=good)
+    assert (tmp_path / "wt2" / MARKER).exists()
+
+
+def test_wrong_file_content_is_rejected(tmp_path):
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        for split in ("train", "valid", "test"):
+            zf.writestr(f"wikitext-2/wiki.{split}.tokens", "not wikitext\n")
+    (tmp_path / "fake.zip").write_bytes(buffer.getvalue())
+    with pytest.raises(UserError, match="does not match the known"):
+        download("wikitext2", tmp_path / "out", url=(tmp_path / "fake.zip").as_uri())
+    assert not (tmp_path / "out" / "train.txt").exists()
+
+    # a corpus with no known sums accepts it (members named .raw), from a file:// mirror
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        for split in ("train", "valid", "test"):
+            zf.writestr(f"wikitext-2-raw/wiki.{split}.raw", f"{split} text\n")
+    (tmp_path / "raw.zip").write_bytes(buffer.getvalue())
+    result = download("wikitext2-raw", tmp_path / "raw", url=(tmp_path / "raw.zip").as_uri())
+    assert (tmp_path / "raw" / "valid.txt").read_text() == "valid text\n"
+    assert not result.skipped
+
+
+def test_missing_members_and_404(server, tmp_path):
+    with pytest.raises(UserError, match="could not download"):
+        download(
+            "wikitext2", tmp_path / "x", url=server.url.replace("v1.zip", "nope.zip"), retries=0
+        )
+    with pytest.raises(UserError, match="unknown corpus"):
+        download("wikitext5", tmp_path / "x")
+    with pytest.raises(UserError, match="64 hexadecimal"):
+        download("wikitext2", tmp_path / "x", sha256="abc")
+
+
+def test_cli_download(server, tmp_path, invoke):
+    result = invoke("download", "wikitext2", "--out", tmp_path / "d", "--url", server.url, "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["files"]["train"].endswith("train.txt")
+    bad = invoke(
+        "download", "wikitext2", "--out", tmp_path / "e", "--url", server.url, "--sha256", "1" * 64
+    )
+    assert bad.exit_code == 2 and len(bad.stderr.strip().splitlines()) == 1
