@@ -324,6 +324,234 @@ def preprocess(
     )
 
 
+class Optimizer(str, Enum):
+    adamw = "adamw"
+    lamb = "lamb"
+    novograd = "novograd"
+    sgd = "sgd"
+
+
+class LRPolicy(str, Enum):
+    warmup_annealing = "warmup-annealing"
+    cosine = "cosine"
+    square = "square"
+    square_root = "square-root"
+    polynomial = "polynomial"
+    inverse_square_root = "inverse-square-root"
+    warmup_hold = "warmup-hold"
+    constant = "constant"
+
+
+class Precision(str, Enum):
+    auto = "auto"
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+@app.command("pretrain")
+def pretrain(
+    data_text: bool = typer.Option(
+        False,
+        "--data-text/--data-preprocessed",
+        help="Raw text with examples made on the fly, or HDF5 shards (the default).",
+    ),
+    train_data: list[Path] = typer.Option(
+        None, help="Text files, or a shard directory. Default: data/wikitext2, else the sample."
+    ),
+    eval_data: list[Path] = typer.Option(None, help="Held-out text files or shard directory."),
+    tokenizer: Path | None = typer.Option(None, help="Tokenizer directory (build-tokenizer)."),
+    vocab_file: Path | None = typer.Option(None, help="Or a published BERT vocab.txt."),
+    vocab_size: int = typer.Option(
+        30522, help="Vocabulary size when a tokenizer is built from the training text."
+    ),
+    preset: Preset = typer.Option(Preset.base, help="Model size from Google's BERT family."),
+    num_hidden_layers: int | None = typer.Option(None, help="Override: encoder layers."),
+    hidden_size: int | None = typer.Option(None, help="Override: hidden size."),
+    num_attention_heads: int | None = typer.Option(None, help="Override: attention heads."),
+    intermediate_size: int | None = typer.Option(None, help="Override: feed-forward size."),
+    hidden_act: str | None = typer.Option(None, help="Override: activation (gelu, relu …)."),
+    config_file: Path | None = typer.Option(None, help="A transformers BERT config.json."),
+    init_from: str | None = typer.Option(
+        None, help="Start from pretrained weights: a checkpoint directory or a cached HF name."
+    ),
+    nsp: bool = typer.Option(True, "--nsp/--no-nsp", help="Train next-sentence prediction."),
+    max_seq_length: int = typer.Option(128, help="Tokens per example (text data)."),
+    masked_lm_prob: float = typer.Option(0.15, help="Fraction of tokens to predict (text data)."),
+    max_predictions_per_seq: int = typer.Option(20, help="Most predictions per example (text)."),
+    whole_word_masking: bool = typer.Option(False, help="Mask whole words (text data)."),
+    input_format: InputFormat = typer.Option(InputFormat.auto, help="How to read text data."),
+    optimizer: Optimizer = typer.Option(Optimizer.adamw, help="Optimizer."),
+    lr: float = typer.Option(1e-4, help="Peak learning rate."),
+    weight_decay: float = typer.Option(0.01, help="Weight decay (not on biases, LayerNorm)."),
+    beta1: float = typer.Option(0.9, help="First-moment decay (momentum for SGD)."),
+    beta2: float = typer.Option(0.999, help="Second-moment decay."),
+    lr_policy: LRPolicy = typer.Option(LRPolicy.warmup_annealing, help="Learning-rate schedule."),
+    warmup_ratio: float = typer.Option(0.01, help="Warmup as a fraction of all steps."),
+    warmup_steps: int | None = typer.Option(None, help="Warmup steps (overrides the ratio)."),
+    min_lr: float = typer.Option(0.0, help="Floor of the decaying schedules."),
+    max_steps: int | None = typer.Option(None, help="Optimizer steps to run."),
+    num_epochs: int | None = typer.Option(None, help="Or: passes over the training data."),
+    batch_size: int = typer.Option(32, help="Sequences per device per micro-batch."),
+    batches_per_step: int = typer.Option(1, help="Micro-batches per optimizer step."),
+    max_grad_norm: float = typer.Option(1.0, help="Gradient clipping norm (0 = none)."),
+    precision: Precision = typer.Option(
+        Precision.auto, help="auto = bf16 on capable GPUs, fp32 on CPU."
+    ),
+    device: Device = typer.Option(Device.auto, help="auto = the local GPU if any."),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile the model."),
+    num_workers: int = typer.Option(0, help="DataLoader worker processes."),
+    seed: int = typer.Option(12345, help="Random seed."),
+    out: Path | None = typer.Option(None, help="Run directory (default outputs/bert_lm/<time>)."),
+    log_every: int = typer.Option(10, help="Log metrics every N steps."),
+    eval_every: int = typer.Option(0, help="Evaluate every N steps (0 = only at the end)."),
+    eval_batches: int = typer.Option(0, help="Batches per evaluation (0 = all)."),
+    save_every: int = typer.Option(0, help="Save a checkpoint every N steps (0 = only at end)."),
+    save_every_epochs: int = typer.Option(0, help="Save a checkpoint every N epochs."),
+    keep_last: int = typer.Option(0, help="Keep only the newest K checkpoints (0 = all)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint."),
+    json_output: bool = typer.Option(False, "--json", help="Print a JSON summary, no progress."),
+) -> None:
+    """Pretrain BERT with masked-LM (+ next-sentence) loss; DDP under torchrun.
+
+    Example: bertcli pretrain --data-text --preset tiny --max-steps 200
+    """
+    from bertcli.console import make_reporter
+    from bertcli.pretrain import PretrainConfig, run_pretraining
+    from bertcli.train.trainer import TrainConfig
+
+    if max_steps is None and num_epochs is None:
+        raise UserError("give --max-steps or --num-epochs")
+    train_config = TrainConfig(
+        max_steps=max_steps,
+        num_epochs=num_epochs,
+        batch_size=batch_size,
+        batches_per_step=batches_per_step,
+        optimizer=optimizer.value,
+        lr=lr,
+        weight_decay=weight_decay,
+        beta1=beta1,
+        beta2=beta2,
+        lr_policy=lr_policy.value,
+        warmup_ratio=warmup_ratio,
+        warmup_steps=warmup_steps,
+        min_lr=min_lr,
+        max_grad_norm=max_grad_norm,
+        log_every=log_every,
+        eval_every=eval_every,
+        eval_batches=eval_batches,
+        save_every=save_every,
+        save_every_epochs=save_every_epochs,
+        keep_last=keep_last,
+        seed=seed,
+        nsp=nsp,
+        compile=compile,
+        num_workers=num_workers,
+    )
+    config = PretrainConfig(
+        out=out,
+        data_mode="text" if data_text else "preprocessed",
+        train_data=list(train_data or []),
+        eval_data=list(eval_data or []),
+        tokenizer=tokenizer,
+        vocab_file=vocab_file,
+        vocab_size=vocab_size,
+        preset=preset.value,
+        model_overrides=dict(
+            num_hidden_layers=num_hidden_layers,
+            hidden_size=hidden_size,
+            num_attention_heads=num_attention_heads,
+            intermediate_size=intermediate_size,
+            hidden_act=hidden_act,
+        ),
+        config_file=config_file,
+        init_from=init_from,
+        max_seq_length=max_seq_length,
+        masked_lm_prob=masked_lm_prob,
+        max_predictions_per_seq=max_predictions_per_seq,
+        whole_word_masking=whole_word_masking,
+        input_format=input_format.value,
+        device=device.value,
+        precision=precision.value,
+        resume=resume,
+        train=train_config,
+    )
+    reporter = make_reporter(json_output)
+    result = run_pretraining(config, reporter)
+    train = result.get("train") or {}
+    line = f"trained to step {train.get('step')} (loss {train.get('loss', float('nan')):.4f}); "
+    line += f"checkpoint {result['checkpoint']}"
+    if _is_main_process():
+        _report(result, json_output, line)
+
+
+def _is_main_process() -> bool:
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
+
+
+@app.command("evaluate")
+def evaluate(
+    checkpoint: Path = typer.Option(..., help="A pretrain checkpoint or transformers BERT dir."),
+    data_text: list[Path] = typer.Option(None, help="Evaluate on raw text files."),
+    data_preprocessed: Path | None = typer.Option(None, help="Or on a shard directory."),
+    tokenizer: Path | None = typer.Option(
+        None, help="Tokenizer for text data (default: the checkpoint's)."
+    ),
+    batch_size: int = typer.Option(32, help="Sequences per batch."),
+    max_seq_length: int = typer.Option(128, help="Tokens per example (text data)."),
+    max_batches: int = typer.Option(0, help="Stop after N batches (0 = all)."),
+    seed: int = typer.Option(12345, help="Seed of the (static) text masks."),
+    device: Device = typer.Option(Device.auto, help="auto = the local GPU if any."),
+    precision: Precision = typer.Option(Precision.fp32, help="Evaluation precision."),
+    json_output: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """MLM loss/accuracy, perplexity and NSP loss/accuracy of a checkpoint.
+
+    Example: bertcli evaluate --checkpoint outputs/run/checkpoints/step_00000200 --data-text
+    data/wikitext2/valid.txt --json
+    """
+    from bertcli.evaluate import evaluate_checkpoint
+    from bertcli.train.runtime import init_runtime
+
+    if max_batches < 0:
+        raise UserError("--max-batches must be >= 0")
+    runtime = init_runtime(device.value, precision.value)
+    result = evaluate_checkpoint(
+        checkpoint,
+        runtime,
+        data_text=list(data_text) if data_text else None,
+        data_preprocessed=data_preprocessed,
+        tokenizer=tokenizer,
+        batch_size=batch_size,
+        max_seq_length=max_seq_length,
+        seed=seed,
+        max_batches=max_batches or None,
+    )
+    if json_output:
+        import json
+
+        typer.echo(json.dumps(result))
+        return
+    from rich.table import Table
+
+    from bertcli.console import stdout
+
+    table = Table(title=f"evaluation of {checkpoint}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in result.items():
+        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+    stdout.print(table)
+
+
 def _load_tokenizer(tokenizer: Path | None, vocab_file: Path | None, lowercase: bool | None):
     from bertcli import tokenizer as tk
 

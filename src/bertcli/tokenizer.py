@@ -140,8 +140,10 @@ def train_tokenizer(
     lowercase: bool = True,
     input_format: str = "auto",
     reporter: Reporter | None = None,
+    exact: bool = True,
 ) -> tuple[BertTokenizer, CorpusStats]:
-    """Train a WordPiece or Unigram (SentencePiece-style) vocabulary of exactly `vocab_size`."""
+    """Train a WordPiece or Unigram (SentencePiece-style) vocabulary of exactly `vocab_size`
+    (with `exact=False`, a corpus too small for it gives the largest vocabulary it supports)."""
     reporter = reporter or Reporter()
     if kind not in ("wordpiece", "sentencepiece"):
         raise UserError(f"--type must be wordpiece or sentencepiece, got {kind!r}")
@@ -186,7 +188,7 @@ def train_tokenizer(
             f"--vocab-size {vocab_size} is too small for this corpus's alphabet plus the "
             f"special tokens (needs at least {got})"
         )
-    if got < vocab_size:
+    if got < vocab_size and exact:
         raise UserError(
             f"the corpus yields only {got} tokens, fewer than --vocab-size {vocab_size}; "
             "lower --vocab-size or --min-frequency, or give more text"

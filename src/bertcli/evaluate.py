@@ -1,0 +1,115 @@
+"""Evaluate a model on a dataset: MLM loss / accuracy / perplexity and NSP loss / accuracy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from bertcli.data.datasets import PreprocessedDataset, TextDataset, collate
+from bertcli.errors import UserError
+from bertcli.hf import is_checkpoint_dir, load_pretrained
+from bertcli.metrics import EvalSums
+from bertcli.model import IGNORE_INDEX, BertForPreTraining
+from bertcli.tokenizer import BertTokenizer, load_tokenizer
+from bertcli.train.runtime import Runtime
+
+
+@torch.no_grad()
+def evaluate_model(
+    model: BertForPreTraining,
+    dataset: torch.utils.data.Dataset,
+    batch_size: int,
+    runtime: Runtime,
+    max_batches: int | None = None,
+) -> dict[str, float | int]:
+    """Deterministic pass over `dataset` (in index order, split across ranks)."""
+    was_training = model.training
+    model.eval()
+    indices = list(range(runtime.rank, len(dataset), runtime.world_size))
+    batches = [indices[i : i + batch_size] for i in range(0, len(indices), batch_size)]
+    if max_batches:
+        batches = batches[:max_batches]
+    sums = EvalSums(runtime.device)
+    for batch_indices in batches:
+        batch = collate([dataset[i] for i in batch_indices])
+        batch = {k: v.to(runtime.device, non_blocking=True) for k, v in batch.items()}
+        labels = batch["masked_lm_labels"]
+        with runtime.autocast():
+            out = model(
+                batch["input_ids"],
+                batch["token_type_ids"],
+                batch["attention_mask"],
+                masked_lm_labels=labels,
+            )
+        sums.add_batch(
+            out.mlm_logits,
+            labels[labels != IGNORE_INDEX],
+            out.nsp_logits,
+            batch["next_sentence_labels"],
+        )
+    if runtime.distributed:
+        dist.all_reduce(sums.values)
+    model.train(was_training)
+    return sums.result()
+
+
+def checkpoint_tokenizer(checkpoint: Path, tokenizer: Path | None) -> BertTokenizer:
+    """The tokenizer given, else the one saved in the checkpoint."""
+    if tokenizer is not None:
+        return load_tokenizer(tokenizer)
+    if (checkpoint / "tokenizer.json").is_file() or (checkpoint / "vocab.txt").is_file():
+        return load_tokenizer(checkpoint)
+    raise UserError(f"{checkpoint} holds no tokenizer; pass --tokenizer DIR for text data")
+
+
+def check_vocab(tokenizer: BertTokenizer, vocab_size: int, source: str) -> None:
+    """A tokenizer must produce exactly the ids the model's embedding table has."""
+    if tokenizer.vocab_size != vocab_size:
+        raise UserError(
+            f"tokenizer has {tokenizer.vocab_size} tokens but {source} has vocab_size "
+            f"{vocab_size}; use the tokenizer the model was trained with"
+        )
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    runtime: Runtime,
+    data_text: list[Path] | None = None,
+    data_preprocessed: Path | None = None,
+    tokenizer: Path | None = None,
+    batch_size: int = 32,
+    max_seq_length: int = 128,
+    seed: int = 12345,
+    max_batches: int | None = None,
+) -> dict[str, float | int]:
+    """Load any bertcli or transformers BERT directory and evaluate it."""
+    checkpoint = Path(checkpoint)
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {batch_size}")
+    if not checkpoint.is_dir() or not is_checkpoint_dir(checkpoint):
+        raise UserError(f"--checkpoint {checkpoint} is not a BERT checkpoint directory")
+    if (data_text is None) == (data_preprocessed is None):
+        raise UserError("give exactly one of --data-text PATH or --data-preprocessed DIR")
+    model = load_pretrained(checkpoint).to(runtime.device)
+    config = model.config
+    if data_preprocessed is not None:
+        dataset = PreprocessedDataset(data_preprocessed, flag="--data-preprocessed")
+        if dataset.max_seq_length > config.max_position_embeddings:
+            raise UserError(
+                f"shards have sequences of {dataset.max_seq_length} tokens, more than the "
+                f"model's max_position_embeddings {config.max_position_embeddings}"
+            )
+    else:
+        if max_seq_length > config.max_position_embeddings:
+            raise UserError(
+                f"--max-seq-length {max_seq_length} exceeds the model's max_position_embeddings "
+                f"{config.max_position_embeddings}"
+            )
+        tok = checkpoint_tokenizer(checkpoint, tokenizer)
+        check_vocab(tok, config.vocab_size, str(checkpoint))
+        dataset = TextDataset(
+            data_text, tok, max_seq_length=max_seq_length, seed=seed, flag="--data-text"
+        )
+    return evaluate_model(model, dataset, batch_size, runtime, max_batches)

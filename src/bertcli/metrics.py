@@ -1,0 +1,114 @@
+"""MLM / NSP metrics and where they are written: metrics.jsonl and TensorBoard."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+
+class EvalSums:
+    """Running sums over an evaluation, kept on the device (no sync per batch); additive
+    across batches and, with one all-reduce, across DDP ranks."""
+
+    FIELDS = (
+        "mlm_loss_sum",
+        "mlm_correct",
+        "num_masked_tokens",
+        "nsp_loss_sum",
+        "nsp_correct",
+        "num_sequences",
+    )
+
+    def __init__(self, device: torch.device | str = "cpu"):
+        self.values = torch.zeros(len(self.FIELDS), dtype=torch.float64, device=device)
+
+    def add_batch(
+        self,
+        mlm_logits: torch.Tensor,
+        mlm_targets: torch.Tensor,
+        nsp_logits: torch.Tensor,
+        nsp_labels: torch.Tensor,
+    ) -> None:
+        """mlm_logits (N, V) at the labelled positions, mlm_targets (N,), nsp (B, 2) / (B,)."""
+        mlm_logits, nsp_logits = mlm_logits.float(), nsp_logits.float()
+        batch = torch.stack(
+            [
+                F.cross_entropy(mlm_logits, mlm_targets, reduction="sum").double(),
+                (mlm_logits.argmax(-1) == mlm_targets).sum().double(),
+                torch.tensor(
+                    float(mlm_targets.numel()), dtype=torch.float64, device=self.values.device
+                ),
+                F.cross_entropy(nsp_logits, nsp_labels, reduction="sum").double(),
+                (nsp_logits.argmax(-1) == nsp_labels).sum().double(),
+                torch.tensor(
+                    float(nsp_labels.numel()), dtype=torch.float64, device=self.values.device
+                ),
+            ]
+        )
+        self.values += batch
+
+    def result(self) -> dict[str, float | int]:
+        """mlm_loss, mlm_accuracy, perplexity = exp(mlm_loss), nsp_loss, nsp_accuracy, counts."""
+        loss_sum, correct, masked, nsp_sum, nsp_correct, sequences = self.values.tolist()
+        n, b = max(1.0, masked), max(1.0, sequences)
+        mlm_loss = loss_sum / n
+        return {
+            "mlm_loss": mlm_loss,
+            "mlm_accuracy": correct / n,
+            "perplexity": math.exp(min(mlm_loss, 700.0)),
+            "nsp_loss": nsp_sum / b,
+            "nsp_accuracy": nsp_correct / b,
+            "num_sequences": int(sequences),
+            "num_masked_tokens": int(masked),
+        }
+
+
+class MetricsWriter:
+    """Appends one JSON object per logged step to metrics.jsonl and mirrors it to TensorBoard."""
+
+    def __init__(self, out: Path, tensorboard: bool = True, purge_step: int | None = None):
+        out.mkdir(parents=True, exist_ok=True)
+        self.path = out / "metrics.jsonl"
+        self.handle = self.path.open("a", encoding="utf-8")
+        self.tb = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            # purge_step drops events a resumed run is about to write again
+            self.tb = SummaryWriter(log_dir=str(out / "tensorboard"), purge_step=purge_step)
+
+    def write(self, row: dict[str, Any], prefix: str = "train") -> None:
+        self.handle.write(json.dumps(row) + "\n")
+        self.handle.flush()
+        if self.tb is not None:
+            step = int(row["step"])
+            for key, value in row.items():
+                if key not in ("step", "split") and isinstance(value, int | float):
+                    self.tb.add_scalar(f"{prefix}/{key}", value, step)
+            self.tb.flush()
+
+    def close(self) -> None:
+        self.handle.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
+def truncate_metrics(path: Path, after_step: int) -> None:
+    """Drop rows past `after_step` (a resumed run rewrites them), keeping the file atomic."""
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if int(json.loads(line)["step"]) <= after_step:
+                keep.append(line)
+        except (ValueError, KeyError, TypeError):
+            continue
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(f"{line}\n" for line in keep), encoding="utf-8")
+    tmp.replace(path)

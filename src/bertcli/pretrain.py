@@ -1,0 +1,308 @@
+"""Assemble a pretraining run from its options: data, tokenizer, model, out dir, then train.
+
+Everything here is resolution and checking (which files, which tokenizer, which config, resume
+or not); the loop itself is `train.trainer.Trainer`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from bertcli import __version__
+from bertcli.config import BertConfig
+from bertcli.console import Reporter
+from bertcli.data.datasets import PreprocessedDataset, TextDataset
+from bertcli.errors import UserError
+from bertcli.evaluate import check_vocab
+from bertcli.hf import is_checkpoint_dir, load_config, load_pretrained
+from bertcli.model import BertForPreTraining
+from bertcli.tokenizer import BertTokenizer, load_tokenizer, tokenizer_from_vocab, train_tokenizer
+from bertcli.train.checkpoint import latest_checkpoint
+from bertcli.train.runtime import Runtime, init_runtime, shutdown
+from bertcli.train.trainer import TrainConfig, Trainer
+
+DEFAULT_DOWNLOAD = Path("data") / "wikitext2"
+
+
+@dataclass
+class PretrainConfig:
+    """Everything `bertcli pretrain` was asked to do, resolved once in the CLI."""
+
+    out: Path | None = None
+    data_mode: str = "preprocessed"  # or "text"
+    train_data: list[Path] = field(default_factory=list)
+    eval_data: list[Path] = field(default_factory=list)
+    tokenizer: Path | None = None
+    vocab_file: Path | None = None
+    vocab_size: int = 30522  # for a tokenizer built from the training text
+    preset: str = "base"
+    model_overrides: dict[str, Any] = field(default_factory=dict)
+    config_file: Path | None = None
+    init_from: str | None = None
+    max_seq_length: int = 128
+    masked_lm_prob: float = 0.15
+    max_predictions_per_seq: int = 20
+    short_seq_prob: float = 0.1
+    whole_word_masking: bool = False
+    input_format: str = "auto"
+    device: str = "auto"
+    precision: str = "auto"
+    resume: bool = False
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        if self.data_mode not in ("text", "preprocessed"):
+            raise UserError("choose --data-text or --data-preprocessed")
+        if not 8 <= self.max_seq_length:
+            raise UserError(f"--max-seq-length must be >= 8, got {self.max_seq_length}")
+        if not 0.0 < self.masked_lm_prob < 1.0:
+            raise UserError(f"--masked-lm-prob must be in (0, 1), got {self.masked_lm_prob}")
+        if self.vocab_size < 6:
+            raise UserError(f"--vocab-size must be > 5, got {self.vocab_size}")
+        if self.resume and self.out is None:
+            raise UserError("--resume needs --out DIR (the run to continue)")
+        if self.tokenizer is not None and self.vocab_file is not None:
+            raise UserError("give --tokenizer or --vocab-file, not both")
+
+
+def sample_corpus() -> tuple[Path, Path]:
+    """The small WikiText-2 excerpt shipped inside the package."""
+    root = Path(str(resources.files("bertcli") / "sample"))
+    return root / "train.txt", root / "valid.txt"
+
+
+def resolve_data(config: PretrainConfig, log: Reporter) -> tuple[list[Path], list[Path]]:
+    """--train-data/--eval-data, else `bertcli download wikitext2`'s files, else the sample."""
+    if config.train_data:
+        return config.train_data, config.eval_data
+    if config.data_mode == "preprocessed":
+        raise UserError("--data-preprocessed needs --train-data DIR (made by bertcli preprocess)")
+    if (DEFAULT_DOWNLOAD / "train.txt").is_file():
+        log.log(f"no --train-data: using {DEFAULT_DOWNLOAD}/train.txt (bertcli download wikitext2)")
+        valid = DEFAULT_DOWNLOAD / "valid.txt"
+        return [DEFAULT_DOWNLOAD / "train.txt"], config.eval_data or (
+            [valid] if valid.is_file() else []
+        )
+    train, valid = sample_corpus()
+    log.log(
+        "no --train-data and no downloaded corpus: using the small sample corpus in the package"
+    )
+    return [train], config.eval_data or [valid]
+
+
+def find_hf_cached_model(name: str) -> Path | None:
+    """A model name (e.g. bert-base-uncased) in the local Hugging Face hub cache, if present."""
+    hub = os.environ.get("HF_HUB_CACHE") or os.path.join(
+        os.environ.get("HF_HOME", os.path.expanduser("~/.cache/huggingface")), "hub"
+    )
+    repo = Path(hub) / ("models--" + name.replace("/", "--"))
+    snapshots = repo / "snapshots"
+    if not snapshots.is_dir():
+        return None
+    ref = repo / "refs" / "main"
+    if ref.is_file() and is_checkpoint_dir(snapshots / ref.read_text().strip()):
+        return snapshots / ref.read_text().strip()
+    candidates = sorted(
+        (p for p in snapshots.iterdir() if is_checkpoint_dir(p)), key=lambda p: p.stat().st_mtime
+    )
+    return candidates[-1] if candidates else None
+
+
+def resolve_init_from(value: str) -> Path:
+    path = Path(value)
+    if path.exists():
+        if not path.is_dir() or not is_checkpoint_dir(path):
+            raise UserError(f"--init-from {value} is not a BERT checkpoint directory")
+        return path
+    cached = find_hf_cached_model(value)
+    if cached is None:
+        raise UserError(
+            f"--init-from {value}: not a local directory and not in the Hugging Face cache; "
+            "pass a local directory with config.json and model.safetensors"
+        )
+    return cached
+
+
+def _tokenizer(config: PretrainConfig, runtime: Runtime, out: Path, train_files, log, sources):
+    """The tokenizer given, else the checkpoint's, else one built from the training text."""
+    if config.tokenizer is not None:
+        return load_tokenizer(config.tokenizer)
+    if config.vocab_file is not None:
+        return tokenizer_from_vocab(config.vocab_file)
+    for source in sources:
+        if source is not None and (
+            (source / "tokenizer.json").is_file() or (source / "vocab.txt").is_file()
+        ):
+            return load_tokenizer(source)
+    if config.data_mode == "preprocessed":
+        return None
+    built = out / "tokenizer"
+    if runtime.is_main and not (built / "tokenizer.json").is_file():
+        log.log(
+            f"no --tokenizer: building a WordPiece vocabulary from the training text in {built}"
+        )
+        train_tokenizer(
+            "wordpiece",
+            train_files,
+            config.vocab_size,
+            built,
+            input_format=config.input_format,
+            reporter=log,
+            exact=False,
+        )
+    runtime.barrier()
+    return load_tokenizer(built)
+
+
+def _model_config(config: PretrainConfig, tokenizer: BertTokenizer | None, init_dir, resume_dir):
+    overrides = {k: v for k, v in config.model_overrides.items() if v is not None}
+    if resume_dir is not None:
+        return load_config(resume_dir)
+    if init_dir is not None:
+        if overrides:
+            raise UserError("--init-from fixes the architecture; drop the model size options")
+        return load_config(init_dir)
+    if config.config_file is not None:
+        model_config = BertConfig.load(config.config_file).with_overrides(**overrides)
+    else:
+        if tokenizer is None:
+            raise UserError(
+                "--data-preprocessed: give --tokenizer/--vocab-file (the one used to preprocess) "
+                "or --config-file, so the vocabulary size is known"
+            )
+        model_config = BertConfig.from_preset(config.preset, **overrides)
+        model_config = model_config.with_overrides(vocab_size=tokenizer.vocab_size)
+    if tokenizer is not None:
+        model_config = model_config.with_overrides(pad_token_id=tokenizer.pad_id)
+    return model_config
+
+
+def _out_dir(config: PretrainConfig, runtime: Runtime) -> Path:
+    if config.out is not None:
+        return Path(config.out)
+    stamp = [time.strftime("%Y-%m-%d_%H-%M-%S")]
+    if runtime.distributed:
+        dist.broadcast_object_list(stamp, src=0)
+    return Path("outputs") / "bert_lm" / stamp[0]
+
+
+def run_pretraining(config: PretrainConfig, reporter: Reporter | None = None) -> dict[str, Any]:
+    """Resolve everything, then train; returns the final metrics and checkpoint path."""
+    runtime = init_runtime(config.device, config.precision)
+    log = reporter if (reporter is not None and runtime.is_main) else Reporter()
+    try:
+        return _run(config, runtime, log)
+    finally:
+        shutdown(runtime)
+
+
+def _run(config: PretrainConfig, runtime: Runtime, log: Reporter) -> dict[str, Any]:
+    out = _out_dir(config, runtime)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} exists and is not a directory")
+    resume_dir = None
+    if config.resume:
+        resume_dir = latest_checkpoint(out / "checkpoints")
+        if resume_dir is None:
+            raise UserError(f"--resume: no complete checkpoint in {out / 'checkpoints'}")
+        log.log(f"resuming from {resume_dir}")
+    elif (out / "checkpoints").is_dir() and latest_checkpoint(out / "checkpoints"):
+        raise UserError(f"--out {out} already holds checkpoints; pass --resume or a new --out")
+    init_dir = resolve_init_from(config.init_from) if config.init_from else None
+    train_files, eval_files = resolve_data(config, log)
+    tokenizer = _tokenizer(config, runtime, out, train_files, log, [resume_dir, init_dir])
+    model_config = _model_config(config, tokenizer, init_dir, resume_dir)
+    if tokenizer is not None:
+        check_vocab(tokenizer, model_config.vocab_size, "the model config")
+
+    torch.manual_seed(config.train.seed)
+    if config.data_mode == "text":
+        if config.max_seq_length > model_config.max_position_embeddings:
+            raise UserError(
+                f"--max-seq-length {config.max_seq_length} exceeds max_position_embeddings "
+                f"{model_config.max_position_embeddings}"
+            )
+        options = dict(
+            max_seq_length=config.max_seq_length,
+            masked_lm_prob=config.masked_lm_prob,
+            max_predictions_per_seq=config.max_predictions_per_seq,
+            short_seq_prob=config.short_seq_prob,
+            whole_word_masking=config.whole_word_masking,
+            seed=config.train.seed,
+            input_format=config.input_format,
+            cache_dir=out / "cache",
+        )
+        train_data = TextDataset(train_files, tokenizer, flag="--train-data", **options)
+        eval_data = (
+            TextDataset(eval_files, tokenizer, flag="--eval-data", **options)
+            if eval_files
+            else None
+        )
+    else:
+        train_data = PreprocessedDataset(train_files[0], seed=config.train.seed)
+        eval_data = PreprocessedDataset(eval_files[0], flag="--eval-data") if eval_files else None
+        for data in (train_data, eval_data):
+            if data is not None and data.max_seq_length > model_config.max_position_embeddings:
+                raise UserError(
+                    f"shards hold {data.max_seq_length}-token sequences, more than "
+                    f"max_position_embeddings {model_config.max_position_embeddings}"
+                )
+
+    source = resume_dir or init_dir
+    model = load_pretrained(source) if source is not None else BertForPreTraining(model_config)
+    model.to(runtime.device)
+    torch.manual_seed(config.train.seed + runtime.rank)
+
+    if runtime.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        model_config.save(out / "bert-config.json")
+        _write_run_json(out, config, runtime, model, train_files, eval_files, tokenizer)
+    runtime.barrier()
+    trainer = Trainer(
+        config.train,
+        model,
+        train_data,
+        runtime,
+        out,
+        tokenizer=tokenizer,
+        eval_data=eval_data,
+        reporter=log,
+        resume_from=resume_dir,
+    )
+    result = trainer.fit()
+    result["out"] = str(out)
+    result["total_steps"] = trainer.total_steps
+    return result
+
+
+def _write_run_json(out, config, runtime, model, train_files, eval_files, tokenizer) -> None:
+    import tokenizers
+
+    data = {
+        "bertcli_version": __version__,
+        "torch_version": torch.__version__,
+        "tokenizers_version": tokenizers.__version__,
+        "python_version": platform.python_version(),
+        "device": str(runtime.device),
+        "precision": runtime.precision,
+        "world_size": runtime.world_size,
+        "parameters": model.num_parameters(),
+        "train_files": [str(p) for p in train_files],
+        "eval_files": [str(p) for p in eval_files],
+        "tokenizer": str(tokenizer.path) if tokenizer is not None and tokenizer.path else None,
+        "config": json.loads(json.dumps(asdict(config), default=str)),
+        "model_config": model.config.to_dict(),
+    }
+    tmp = out / "run.json.tmp"
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.replace(out / "run.json")

@@ -1,0 +1,1 @@
+"""Training: runtime (devices, DDP, AMP), optimisers, LR schedules, checkpoints and the loop."""

@@ -1,0 +1,119 @@
+"""Where training runs: torchrun's environment, the device, the process group, and AMP.
+
+The CUDA-only pieces (NCCL, bf16/fp16 autocast, GradScaler) are chosen here by device and kept
+small; the CPU twin (gloo, fp32 or CPU bf16 autocast) is what CI exercises.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from bertcli.errors import UserError
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+@dataclass
+class Runtime:
+    """This process's place in the job."""
+
+    rank: int
+    local_rank: int
+    world_size: int
+    device: torch.device
+    precision: str  # resolved: fp32, bf16 or fp16
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def amp_dtype(self) -> torch.dtype | None:
+        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+
+    def autocast(self):
+        """torch.amp autocast for bf16/fp16; a no-op context for fp32."""
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    def grad_scaler(self) -> torch.amp.GradScaler:
+        """Loss scaling only for fp16 (bf16 has fp32's range); disabled otherwise."""
+        return torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+
+def _env_int(name: str, default: int) -> int:
+    try:
+        return int(os.environ.get(name, default))
+    except ValueError:
+        return default
+
+
+def resolve_device(device: str, local_rank: int) -> torch.device:
+    """auto = the local GPU when there is one, else CPU."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError("--device cuda: no CUDA device is available")
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    if device == "cpu":
+        return torch.device("cpu")
+    raise UserError(f"--device must be auto, cpu or cuda, got {device!r}")
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """auto = bf16 on CUDA devices that support it, fp32 elsewhere."""
+    if precision not in PRECISIONS:
+        raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return "bf16"
+        return "fp32"
+    if precision == "fp16" and device.type != "cuda":
+        raise UserError("--precision fp16 needs a CUDA device; use bf16 or fp32 on the CPU")
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise UserError("--precision bf16: this GPU does not support bfloat16; use fp16")
+    return precision
+
+
+def init_runtime(device: str = "auto", precision: str = "auto") -> Runtime:
+    """Read torchrun's variables, pick the device and join the process group if needed."""
+    world_size = _env_int("WORLD_SIZE", 1)
+    rank = _env_int("RANK", 0)
+    local_rank = _env_int("LOCAL_RANK", 0)
+    dev = resolve_device(device, local_rank)
+    if world_size > 1 and not dist.is_initialized():
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+        dist.init_process_group(
+            backend=backend,
+            rank=rank,
+            world_size=world_size,
+            timeout=timedelta(minutes=30),
+            device_id=dev if dev.type == "cuda" else None,
+        )
+    if dev.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return Runtime(rank, local_rank, world_size, dev, resolve_precision(precision, dev))
+
+
+def shutdown(runtime: Runtime) -> None:
+    """Leave the process group cleanly."""
+    if runtime.distributed and dist.is_initialized():
+        dist.destroy_process_group()
