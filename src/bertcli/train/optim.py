@@ -12,7 +12,7 @@ OPTIMIZERS = ("adamw", "lamb", "novograd", "sgd")
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """Two groups: matrices and embeddings decay; biases and LayerNorm parameters do not."""
     decay, no_decay = [], []
-    for module_name, module in model.named_modules():
+    for module in model.modules():
         for name, param in module.named_parameters(recurse=False):
             if not param.requires_grad:
                 continue

@@ -226,6 +226,9 @@ class Trainer:
             num_workers=self.config.num_workers,
             pin_memory=cuda,
             prefetch_factor=4 if self.config.num_workers else None,
+            # its own generator: creating the iterator must not draw from the global RNG,
+            # or a resumed run's dropout masks would differ from an uninterrupted one's
+            generator=torch.Generator().manual_seed(self.config.seed + epoch),
         )
         return loader, steps - skip_steps
 

@@ -1,0 +1,57 @@
+"""torchrun with 2 CPU processes (gloo): runs, logs each step once, saves once."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from bertcli.train.checkpoint import latest_checkpoint
+from tests.train.conftest import TINY
+
+
+def test_torchrun_two_processes(corpus, tokenizer_dir, tmp_path):
+    out = tmp_path / "ddp"
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--standalone",
+        "-m",
+        "bertcli",
+        "pretrain",
+        "--data-text",
+        "--train-data",
+        str(corpus / "train.txt"),
+        "--eval-data",
+        str(corpus / "valid.txt"),
+        "--tokenizer",
+        str(tokenizer_dir),
+        "--out",
+        str(out),
+        *TINY,
+        "--max-steps",
+        "6",
+        "--log-every",
+        "1",
+        "--batches-per-step",
+        "2",
+        "--save-every",
+        "3",
+        "--device",
+        "cpu",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    train = [r["step"] for r in rows if "split" not in r]
+    assert train == [1, 2, 3, 4, 5, 6]  # each step logged once, by rank 0 only
+    assert len([r for r in rows if r.get("split") == "eval"]) == 1
+    run = json.loads((out / "run.json").read_text())
+    assert run["world_size"] == 2
+    assert latest_checkpoint(out / "checkpoints").name == "step_00000006"
+    assert proc.stdout.count("trained to step 6") == 1
