@@ -32,7 +32,7 @@ from bertcli.data.examples import (
     document_pairs,
     mask_sequence,
 )
-from bertcli.data.shards import ShardArrays, write_shard
+from bertcli.data.shards import ShardAppender
 from bertcli.errors import UserError
 from bertcli.tokenizer import BertTokenizer
 
@@ -214,39 +214,37 @@ def _blocks(
 
 
 class _ShardWriter:
-    """Buffers examples and writes fixed-size shards into a directory."""
+    """Appends examples to fixed-size shards in a directory, one open shard at a time."""
 
     def __init__(self, directory: Path, prefix: str, shard_size: int):
         self.directory, self.prefix, self.shard_size = directory, prefix, shard_size
-        self.pending: list[dict] = []
-        self.pending_rows = 0
+        self.current: ShardAppender | None = None
         self.shards = 0
         self.examples = 0
 
     def add(self, arrays: dict) -> None:
-        rows = len(arrays["input_ids"])
-        if not rows:
-            return
-        self.pending.append(arrays)
-        self.pending_rows += rows
-        while self.pending_rows >= self.shard_size:
-            self._write(self.shard_size)
+        start, rows = 0, len(arrays["input_ids"])
+        while start < rows:
+            if self.current is None:
+                self.directory.mkdir(parents=True, exist_ok=True)
+                name = f"{self.prefix}_{self.shards:05d}.hdf5"
+                self.current = ShardAppender(self.directory / name)
+            take = min(rows - start, self.shard_size - self.current.rows)
+            self.current.append({k: v[start : start + take] for k, v in arrays.items()})
+            self.examples += take
+            start += take
+            if self.current.rows >= self.shard_size:
+                self.close()
 
     def close(self) -> None:
-        if self.pending_rows:
-            self._write(self.pending_rows)
+        if self.current is not None:
+            self.current.close()
+            self.shards += 1
+            self.current = None
 
-    def _write(self, rows: int) -> None:
-        merged = {k: np.concatenate([p[k] for p in self.pending]) for k in self.pending[0]}
-        head = {k: v[:rows] for k, v in merged.items()}
-        rest = {k: v[rows:] for k, v in merged.items()}
-        self.directory.mkdir(parents=True, exist_ok=True)
-        name = f"{self.prefix}_{self.shards:05d}.hdf5"
-        write_shard(self.directory / name, ShardArrays(**head))
-        self.shards += 1
-        self.examples += rows
-        self.pending = [rest] if len(rest["input_ids"]) else []
-        self.pending_rows = len(rest["input_ids"])
+    def abort(self) -> None:
+        if self.current is not None:
+            self.current.abort()
 
 
 def preprocess(
@@ -319,6 +317,21 @@ def _run(config, tokenizer, spec, files, directory: Path, reporter: Reporter) ->
     blocks = _blocks(
         read_documents(files, config.input_format, stats), config.eval_fraction, config.seed
     )
+    try:
+        _produce(config, tokenizer, spec, blocks, collect)
+    except BaseException:
+        for writer in writers.values():
+            writer.abort()
+        raise
+    for writer in writers.values():
+        writer.close()
+    reporter.finish()
+    _finish(result, stats, writers, random_next)
+    return result
+
+
+def _produce(config, tokenizer, spec, blocks, collect) -> None:
+    """Make each block's examples, in process or in a bounded window of worker processes."""
     if config.workers == 1:
         for namespace, index, docs in blocks:
             collect(
@@ -337,10 +350,9 @@ def _run(config, tokenizer, spec, files, directory: Path, reporter: Reporter) ->
             while window:
                 name, future = window.popleft()
                 collect(name, future.result())
-    for writer in writers.values():
-        writer.close()
-    reporter.finish()
 
+
+def _finish(result: PreprocessResult, stats: CorpusStats, writers, random_next: int) -> None:
     result.documents = stats.documents
     result.sentences = stats.sentences
     result.invalid_utf8_lines = stats.invalid_utf8_lines
@@ -356,4 +368,3 @@ def _run(config, tokenizer, spec, files, directory: Path, reporter: Reporter) ->
             f"--input: no examples could be made ({result.skipped_documents} documents too short "
             "to pair)"
         )
-    return result

@@ -98,34 +98,39 @@ def _special_ids(tokenizer: Tokenizer, source: str) -> dict[str, int]:
     return ids  # type: ignore[return-value]
 
 
-def _sampled(lines: Iterator[str], sample_size: int | None, seed: int = 12345) -> Iterator[str]:
-    """All lines, or a reservoir sample of `sample_size` of them (NeMo's sample_size)."""
+def _sampled(
+    batches: Iterator[list[str]], sample_size: int | None, seed: int = 12345
+) -> Iterator[list[str]]:
+    """All batches, or a reservoir sample of `sample_size` sentences (NeMo's sample_size)."""
     if not sample_size:
-        yield from lines
+        yield from batches
         return
     rng = random.Random(seed)
     reservoir: list[str] = []
-    for i, line in enumerate(lines):
-        if i < sample_size:
-            reservoir.append(line)
-        else:
-            j = rng.randint(0, i)
-            if j < sample_size:
-                reservoir[j] = line
-    yield from reservoir
+    i = 0
+    for batch in batches:
+        for line in batch:
+            if i < sample_size:
+                reservoir.append(line)
+            else:
+                j = rng.randint(0, i)
+                if j < sample_size:
+                    reservoir[j] = line
+            i += 1
+    for start in range(0, len(reservoir), 1000):
+        yield reservoir[start : start + 1000]
 
 
 def _progress_lines(
     files: list[Path], fmt: str, stats: CorpusStats, reporter: Reporter
-) -> Iterator[str]:
+) -> Iterator[list[str]]:
     total = sum(f.stat().st_size for f in files)
     reporter.start("Reading corpus", total=total, unit="bytes")
     seen = 0
-    for text in read_texts(files, fmt, stats):
-        if stats.bytes - seen > 1 << 20:
-            reporter.advance(stats.bytes - seen)
-            seen = stats.bytes
-        yield text
+    for batch in read_texts(files, fmt, stats):
+        reporter.advance(stats.bytes - seen)
+        seen = stats.bytes
+        yield batch
     reporter.advance(stats.bytes - seen)
     reporter.finish()
 

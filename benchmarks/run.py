@@ -1,0 +1,395 @@
+"""bertcli benchmarks: every figure is a ratio against a reference run in the same process.
+
+    python benchmarks/run.py [--device cpu|cuda] [--json OUT] [--only step,e2e,preprocess,tokenizer,cuda]
+
+1. step: one training step (forward + backward + AdamW) of bertcli's model vs
+   transformers.BertForPreTraining on the same config and batch (16 x 128, 15% masked, some
+   padding), alternated, median of several steps each.
+2. e2e: `Trainer` tokens/s (data loading, logging, the sparse head) over the bare step's tokens/s.
+3. preprocess: WikiText-2 train wall time over bare `encode_batch` of the same lines; peak RSS of
+   preprocess at 1x and 4x the corpus (separate processes).
+4. tokenizer: training a 30k WordPiece vocabulary, ours vs tokenizers' trainer called bare.
+5. cuda: tokens/s and model FLOPs utilisation for base and large at seq 128 and 512 (bf16).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+WIKITEXT2 = SHARED / "wikitext-2"
+VOCAB = SHARED / "vocab" / "bert-base-uncased.txt"
+# dense bf16 peak (TFLOP/s) by device name fragment, from the vendors' data sheets
+PEAKS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L4": 121.0, "A10": 125.0}
+
+
+def make_batch(batch: int, seq: int, vocab: int, device, seed: int = 0):
+    """Random ids, both segments, 15% masked, a quarter of the rows padded to 3/4 length."""
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1000, vocab, (batch, seq), generator=gen)
+    types = torch.zeros_like(ids)
+    types[:, seq // 2 :] = 1
+    mask = torch.ones_like(ids)
+    mask[: batch // 4, (3 * seq) // 4 :] = 0
+    labels = torch.full_like(ids, -100)
+    chosen = (torch.rand(batch, seq, generator=gen) < 0.15) & mask.bool()
+    chosen[:, 0] = False
+    labels[chosen] = ids[chosen]
+    nsp = torch.randint(0, 2, (batch,), generator=gen)
+    return {
+        k: v.to(device)
+        for k, v in dict(
+            input_ids=ids, token_type_ids=types, attention_mask=mask, labels=labels, nsp=nsp
+        ).items()
+    }
+
+
+def ours_step(model, opt, b, autocast):
+    with autocast():
+        out = model(
+            b["input_ids"],
+            b["token_type_ids"],
+            b["attention_mask"],
+            masked_lm_labels=b["labels"],
+            next_sentence_labels=b["nsp"],
+        )
+    out.loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+
+def hf_step(model, opt, b, autocast):
+    with autocast():
+        out = model(
+            input_ids=b["input_ids"],
+            token_type_ids=b["token_type_ids"],
+            attention_mask=b["attention_mask"],
+            labels=b["labels"],
+            next_sentence_label=b["nsp"],
+        )
+    out.loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn, device) -> float:
+    sync(device)
+    t = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - t
+
+
+def bench_step(preset: str, device, repeats: int, batch=16, seq=128, precision="fp32"):
+    import transformers
+
+    from bertcli.config import BertConfig
+    from bertcli.model import BertForPreTraining
+
+    cfg = BertConfig.from_preset(preset, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    torch.manual_seed(0)
+    ours = BertForPreTraining(cfg).to(device)
+    hf_cfg = transformers.BertConfig(**cfg.to_dict())
+    hf_cfg._attn_implementation = "sdpa"
+    theirs = transformers.BertForPreTraining(hf_cfg).to(device)
+    fused = device.type == "cuda"
+    opt_a = torch.optim.AdamW(ours.parameters(), lr=1e-5, fused=fused)
+    opt_b = torch.optim.AdamW(theirs.parameters(), lr=1e-5, fused=fused)
+    b = make_batch(batch, seq, cfg.vocab_size, device)
+    dtype = torch.bfloat16 if precision == "bf16" else None
+
+    def autocast():
+        if dtype is None:
+            return torch.autocast(device.type, enabled=False)
+        return torch.autocast(device.type, dtype=dtype)
+
+    for _ in range(2):  # warm up both
+        ours_step(ours, opt_a, b, autocast)
+        hf_step(theirs, opt_b, b, autocast)
+    a_times, b_times = [], []
+    for _ in range(repeats):
+        a_times.append(timed(lambda: ours_step(ours, opt_a, b, autocast), device))
+        b_times.append(timed(lambda: hf_step(theirs, opt_b, b, autocast), device))
+    ours_s, hf_s = statistics.median(a_times), statistics.median(b_times)
+    tokens = int(b["attention_mask"].sum())
+    return {
+        "preset": preset,
+        "batch": f"{batch}x{seq}",
+        "ours_ms": ours_s * 1e3,
+        "transformers_ms": hf_s * 1e3,
+        "speedup": hf_s / ours_s,
+        "ours_tokens_per_s": tokens / ours_s,
+    }
+
+
+def bench_e2e(preset: str, device, steps: int, bare_tokens_per_s: float):
+    """Trainer over TextDataset (batch 16 x 128) vs the bare step's tokens/s."""
+    from bertcli.config import BertConfig
+    from bertcli.data.datasets import TextDataset
+    from bertcli.model import BertForPreTraining
+    from bertcli.tokenizer import tokenizer_from_vocab
+    from bertcli.train.runtime import Runtime
+    from bertcli.train.trainer import TrainConfig, Trainer
+
+    tok = tokenizer_from_vocab(VOCAB)
+    data = TextDataset([WIKITEXT2 / "valid.txt"], tok, max_seq_length=128)
+    cfg = BertConfig.from_preset(
+        preset, vocab_size=tok.vocab_size, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0
+    )
+    model = BertForPreTraining(cfg).to(device)
+    runtime = Runtime(0, 0, 1, device, "bf16" if device.type == "cuda" else "fp32")
+    with tempfile.TemporaryDirectory() as out:
+        trainer = Trainer(
+            TrainConfig(
+                max_steps=steps,
+                batch_size=16,
+                log_every=steps // 2,
+                tensorboard=False,
+                warmup_steps=0,
+            ),
+            model,
+            data,
+            runtime,
+            Path(out),
+        )
+        trainer.fit()
+        rows = [json.loads(x) for x in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+    tokens_per_s = rows[-1]["tokens_per_s"]  # the second half: warm
+    return {
+        "preset": preset,
+        "trainer_tokens_per_s": tokens_per_s,
+        "bare_tokens_per_s": bare_tokens_per_s,
+        "ratio": tokens_per_s / bare_tokens_per_s,
+    }
+
+
+RSS_SCRIPT = """
+import resource, sys
+from pathlib import Path
+from bertcli.preprocess import PreprocessConfig, preprocess
+from bertcli.tokenizer import tokenizer_from_vocab
+tok = tokenizer_from_vocab(sys.argv[1])
+preprocess(PreprocessConfig([Path(sys.argv[2])], Path(sys.argv[3]), dupe_factor=1,
+                            workers=int(sys.argv[4])), tok)
+# VmHWM is this process's own peak (ru_maxrss can carry the forking parent's over exec);
+# workers are forked from this small process, so RUSAGE_CHILDREN is theirs.
+own = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM"))
+kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+print(max(own, kids) / 1024)
+"""
+
+
+def bench_preprocess(workers: int):
+    from bertcli.preprocess import PreprocessConfig, preprocess
+    from bertcli.tokenizer import tokenizer_from_vocab
+
+    tok = tokenizer_from_vocab(VOCAB)
+    train = WIKITEXT2 / "train.txt"
+    lines = train.read_text(encoding="utf-8").splitlines()
+    t = time.perf_counter()
+    tok.tokenizer.encode_batch(lines, add_special_tokens=False)
+    bare = time.perf_counter() - t
+    with tempfile.TemporaryDirectory() as tmp:
+        t = time.perf_counter()
+        preprocess(PreprocessConfig([train], Path(tmp) / "o", dupe_factor=1, workers=workers), tok)
+        ours = time.perf_counter() - t
+        big = Path(tmp) / "train4x.txt"
+        with big.open("wb") as handle:
+            for _ in range(4):
+                handle.write(train.read_bytes())
+        rss = {}
+        for name, path in (("1x", train), ("4x", big)):
+            proc = subprocess.run(
+                [
+                    sys.executable,
+                    "-c",
+                    RSS_SCRIPT,
+                    str(VOCAB),
+                    str(path),
+                    str(Path(tmp) / name),
+                    str(workers),
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            rss[name] = float(proc.stdout.strip().splitlines()[-1])
+    return {
+        "preprocess_s": ours,
+        "bare_encode_batch_s": bare,
+        "ratio": ours / bare,
+        "peak_rss_mb_1x": rss["1x"],
+        "peak_rss_mb_4x": rss["4x"],
+        "workers": workers,
+    }
+
+
+def bench_tokenizer():
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+
+    from bertcli.tokenizer import SPECIAL_TOKENS, train_tokenizer
+
+    train = WIKITEXT2 / "train.txt"
+    with tempfile.TemporaryDirectory() as tmp:
+        t = time.perf_counter()
+        train_tokenizer("wordpiece", [train], 30522, Path(tmp) / "ours")
+        ours = time.perf_counter() - t
+    bare_tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    bare_tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    bare_tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=30522, special_tokens=list(SPECIAL_TOKENS), show_progress=False
+    )
+    t = time.perf_counter()
+    bare_tok.train([str(train)], trainer)
+    bare = time.perf_counter() - t
+    return {"ours_s": ours, "bare_trainer_s": bare, "overhead": ours / bare - 1.0}
+
+
+def bench_cuda(repeats: int):
+    """bf16 tokens/s and MFU for base/large at seq 128/512 (our model alone, fused AdamW)."""
+    from bertcli.config import BertConfig
+    from bertcli.model import BertForPreTraining, flops_per_token
+
+    device = torch.device("cuda")
+    name = torch.cuda.get_device_name()
+    peak = next((v for k, v in PEAKS.items() if k in name), None)
+    results = []
+    for preset, seq, batch in (
+        ("base", 128, 256),
+        ("base", 512, 64),
+        ("large", 128, 128),
+        ("large", 512, 32),
+    ):
+        cfg = BertConfig.from_preset(preset, hidden_dropout_prob=0.1)
+        model = BertForPreTraining(cfg).to(device)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
+        b = make_batch(batch, seq, cfg.vocab_size, device)
+        b["attention_mask"].fill_(1)
+        ctx = lambda: torch.autocast("cuda", dtype=torch.bfloat16)  # noqa: E731
+        for _ in range(3):
+            ours_step(model, opt, b, ctx)
+        times = [timed(lambda: ours_step(model, opt, b, ctx), device) for _ in range(repeats)]
+        step = statistics.median(times)
+        tokens = batch * seq
+        achieved = flops_per_token(cfg, seq) * tokens / step / 1e12
+        results.append(
+            {
+                "preset": preset,
+                "seq": seq,
+                "batch": batch,
+                "sequences_per_s": batch / step,
+                "tokens_per_s": tokens / step,
+                "tflops": achieved,
+                "mfu": achieved / peak if peak else None,
+                "device": name,
+            }
+        )
+        del model, opt
+        torch.cuda.empty_cache()
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument("--only", default="step,e2e,preprocess,tokenizer,cuda")
+    parser.add_argument("--repeats", type=int, default=7)
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    only = set(args.only.split(","))
+    results: dict = {
+        "machine": {
+            "device": args.device,
+            "cpus": os.cpu_count(),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+        }
+    }
+    if "step" in only:
+        presets = ["mini", "small"] + (["base"] if device.type == "cuda" else [])
+        precision = "bf16" if device.type == "cuda" else "fp32"
+        results["step"] = [
+            bench_step(p, device, args.repeats, precision=precision) for p in presets
+        ]
+    if "e2e" in only:
+        bare = results.get("step", [bench_step("mini", device, args.repeats)])[0]
+        results["e2e"] = bench_e2e("mini", device, 40, bare["ours_tokens_per_s"])
+    if "preprocess" in only:
+        results["preprocess"] = bench_preprocess(os.cpu_count() or 1)
+    if "tokenizer" in only:
+        results["tokenizer"] = bench_tokenizer()
+    if "cuda" in only and device.type == "cuda":
+        results["cuda"] = bench_cuda(args.repeats)
+    print_table(results)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+
+
+def print_table(results: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="bertcli benchmarks")
+    table.add_column("benchmark")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    for row in results.get("step", []):
+        table.add_row(
+            f"step {row['preset']} {row['batch']}",
+            "speedup vs transformers",
+            f"{row['speedup']:.2f}x ({row['ours_ms']:.0f} vs {row['transformers_ms']:.0f} ms)",
+        )
+    if "e2e" in results:
+        r = results["e2e"]
+        table.add_row(f"e2e {r['preset']}", "trainer / bare step tokens/s", f"{r['ratio']:.2f}")
+    if "preprocess" in results:
+        r = results["preprocess"]
+        table.add_row(
+            "preprocess WikiText-2",
+            "time / bare encode_batch",
+            f"{r['ratio']:.2f}x ({r['preprocess_s']:.1f} vs {r['bare_encode_batch_s']:.1f} s)",
+        )
+        table.add_row(
+            "preprocess RSS",
+            "peak MB at 1x / 4x",
+            f"{r['peak_rss_mb_1x']:.0f} / {r['peak_rss_mb_4x']:.0f}",
+        )
+    if "tokenizer" in results:
+        r = results["tokenizer"]
+        table.add_row(
+            "tokenizer 30k WordPiece",
+            "overhead vs bare trainer",
+            f"{100 * r['overhead']:+.1f}% ({r['ours_s']:.1f} vs {r['bare_trainer_s']:.1f} s)",
+        )
+    for r in results.get("cuda", []):
+        mfu = f"{100 * r['mfu']:.1f}% MFU" if r["mfu"] else "peak unknown"
+        table.add_row(
+            f"cuda {r['preset']} seq {r['seq']}",
+            "seq/s, MFU",
+            f"{r['sequences_per_s']:.0f} seq/s, {mfu}",
+        )
+    Console().print(table)
+
+
+if __name__ == "__main__":
+    np.set_printoptions(precision=3)
+    main()
