@@ -265,10 +265,6 @@ def bench_tokenizer():
 
 def bench_cuda(repeats: int):
     """bf16 tokens/s and MFU for base/large at seq 128/512 (our model alone, fused AdamW)."""
-    from bertcli.config import BertConfig
-    from bertcli.model import BertForPreTraining, flops_per_token
-
-    device = torch.device("cuda")
     name = torch.cuda.get_device_name()
     peak = next((v for k, v in PEAKS.items() if k in name), None)
     results = []
@@ -278,33 +274,43 @@ def bench_cuda(repeats: int):
         ("large", 128, 128),
         ("large", 512, 32),
     ):
-        cfg = BertConfig.from_preset(preset, hidden_dropout_prob=0.1)
-        model = BertForPreTraining(cfg).to(device)
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
-        b = make_batch(batch, seq, cfg.vocab_size, device)
-        b["attention_mask"].fill_(1)
-        ctx = lambda: torch.autocast("cuda", dtype=torch.bfloat16)  # noqa: E731
-        for _ in range(3):
-            ours_step(model, opt, b, ctx)
-        times = [timed(lambda: ours_step(model, opt, b, ctx), device) for _ in range(repeats)]
-        step = statistics.median(times)
-        tokens = batch * seq
-        achieved = flops_per_token(cfg, seq) * tokens / step / 1e12
-        results.append(
-            {
-                "preset": preset,
-                "seq": seq,
-                "batch": batch,
-                "sequences_per_s": batch / step,
-                "tokens_per_s": tokens / step,
-                "tflops": achieved,
-                "mfu": achieved / peak if peak else None,
-                "device": name,
-            }
-        )
-        del model, opt
+        results.append(_cuda_case(preset, seq, batch, repeats, peak, name))
         torch.cuda.empty_cache()
     return results
+
+
+def _cuda_case(preset: str, seq: int, batch: int, repeats: int, peak, name: str) -> dict:
+    from bertcli.config import BertConfig
+    from bertcli.model import BertForPreTraining, flops_per_token
+
+    device = torch.device("cuda")
+    cfg = BertConfig.from_preset(preset)
+    model = BertForPreTraining(cfg).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
+    b = make_batch(batch, seq, cfg.vocab_size, device)
+    b["attention_mask"].fill_(1)
+
+    def autocast():
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+
+    def one_step():
+        ours_step(model, opt, b, autocast)
+
+    for _ in range(3):
+        one_step()
+    step = statistics.median(timed(one_step, device) for _ in range(repeats))
+    tokens = batch * seq
+    achieved = flops_per_token(cfg, seq) * tokens / step / 1e12
+    return {
+        "preset": preset,
+        "seq": seq,
+        "batch": batch,
+        "sequences_per_s": batch / step,
+        "tokens_per_s": tokens / step,
+        "tflops": achieved,
+        "mfu": achieved / peak if peak else None,
+        "device": name,
+    }
 
 
 def main() -> None:
