@@ -101,7 +101,7 @@ def _model_overrides(**fields: Any) -> dict[str, Any]:
 def export_config(
     preset: Preset = typer.Option(Preset.base, help="Size from Google's BERT family."),
     from_checkpoint: Path | None = typer.Option(
-        None, help="Take the config of this checkpoint directory instead of a preset."
+        None, help="Take the config of a checkpoint (or a run's newest) instead of a preset."
     ),
     vocab_size: int | None = typer.Option(None, help="Vocabulary size (default 30522)."),
     hidden_size: int | None = typer.Option(None, help="Hidden size H."),
@@ -129,7 +129,9 @@ def export_config(
         max_position_embeddings=max_position_embeddings,
     )
     if from_checkpoint is not None:
-        config = load_config(from_checkpoint).with_overrides(**overrides)
+        from bertcli.train.checkpoint import resolve_checkpoint
+
+        config = load_config(resolve_checkpoint(from_checkpoint)).with_overrides(**overrides)
     else:
         config = BertConfig.from_preset(preset.value, **overrides)
     if out.is_dir():
@@ -499,7 +501,9 @@ def _is_main_process() -> bool:
 
 @app.command("evaluate")
 def evaluate(
-    checkpoint: Path = typer.Option(..., help="A pretrain checkpoint or transformers BERT dir."),
+    checkpoint: Path = typer.Option(
+        ..., help="A checkpoint, a pretrain run dir (its newest checkpoint) or a transformers dir."
+    ),
     data_text: list[Path] = typer.Option(None, help="Evaluate on raw text files."),
     data_preprocessed: Path | None = typer.Option(None, help="Or on a shard directory."),
     tokenizer: Path | None = typer.Option(

@@ -85,7 +85,9 @@ def evaluate_checkpoint(
     max_batches: int | None = None,
 ) -> dict[str, float | int]:
     """Load any bertcli or transformers BERT directory and evaluate it."""
-    checkpoint = Path(checkpoint)
+    from bertcli.train.checkpoint import resolve_checkpoint
+
+    checkpoint = resolve_checkpoint(checkpoint)
     if batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {batch_size}")
     if not checkpoint.is_dir() or not is_checkpoint_dir(checkpoint):

@@ -27,7 +27,7 @@ from bertcli.evaluate import check_vocab
 from bertcli.hf import is_checkpoint_dir, load_config, load_pretrained
 from bertcli.model import BertForPreTraining
 from bertcli.tokenizer import BertTokenizer, load_tokenizer, tokenizer_from_vocab, train_tokenizer
-from bertcli.train.checkpoint import latest_checkpoint
+from bertcli.train.checkpoint import latest_checkpoint, resolve_checkpoint
 from bertcli.train.runtime import Runtime, init_runtime, shutdown
 from bertcli.train.trainer import TrainConfig, Trainer
 
@@ -119,7 +119,8 @@ def find_hf_cached_model(name: str) -> Path | None:
 
 
 def resolve_init_from(value: str) -> Path:
-    path = Path(value)
+    """A checkpoint dir, a run dir (its newest checkpoint), or a model name in the HF cache."""
+    path = resolve_checkpoint(value)
     if path.exists():
         if not path.is_dir() or not is_checkpoint_dir(path):
             raise UserError(f"--init-from {value} is not a BERT checkpoint directory")

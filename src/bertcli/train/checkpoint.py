@@ -96,6 +96,18 @@ def latest_checkpoint(root: Path) -> Path | None:
     return found[-1][1] if found else None
 
 
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint directory as given, or the newest checkpoint of a run directory."""
+    from bertcli.hf import is_checkpoint_dir
+
+    path = Path(path)
+    if path.is_dir() and not is_checkpoint_dir(path):
+        newest = latest_checkpoint(path / "checkpoints")
+        if newest is not None:
+            return newest
+    return path
+
+
 def prune_checkpoints(root: Path, keep_last: int) -> None:
     """Delete all but the newest `keep_last` complete checkpoints (0 = keep all)."""
     if keep_last <= 0:
