@@ -8,7 +8,7 @@ import pytest
 
 from bertcli import __version__
 
-COMMANDS = ["export-config"]
+COMMANDS = ["download", "build-tokenizer", "preprocess", "pretrain", "evaluate", "export-config"]
 
 
 def test_version(invoke):
@@ -88,3 +88,37 @@ def test_export_config_bad_input(invoke, tmp_path, args, needle):
     assert len(lines) == 1, result.stderr
     assert needle in lines[0]
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_has_example_defaults_and_a_meaning_per_option(invoke, command):
+    import typer
+
+    from bertcli.cli import app
+
+    result = invoke(command, "--help")
+    assert result.exit_code == 0
+    assert "Example:" in result.stdout
+    assert "default" in result.stdout
+    click_command = typer.main.get_command(app).commands[command]
+    for param in click_command.params:
+        if param.param_type_name == "option":
+            assert (param.help or "").strip(), f"{command} {param.opts} has no help"
+
+
+def test_help_lists_exactly_the_working_commands():
+    import typer
+
+    from bertcli.cli import app
+
+    assert sorted(typer.main.get_command(app).commands) == sorted(COMMANDS)
+
+
+def test_python_m_bertcli_runs():
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "bertcli", "--version"], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0 and __version__ in proc.stdout

@@ -1,0 +1,284 @@
+"""The bad-input matrix: every command against its worst inputs.
+
+Each case must exit with code 2, print exactly one line on stderr that names the problem, show
+no traceback, and leave nothing at the output path that looks complete.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from bertcli.config import BertConfig
+from bertcli.model import BertForPreTraining
+from bertcli.tokenizer import train_tokenizer
+from tests.conftest import WIKITEXT2, require
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bad")
+    text = require(WIKITEXT2 / "valid.txt").read_text()
+    (root / "corpus.txt").write_text(text[:80_000])
+    (root / "empty.txt").write_text("")
+    (root / "blank.txt").write_text("\n\n   \n")
+    (root / "binary.bin").write_bytes(bytes(range(256)) * 64)
+    (root / "latin1.txt").write_bytes("caf\xe9 cr\xe8me\n".encode("latin-1"))
+    (root / "novocab.txt").write_text("hello\nworld\n")
+    (root / "plain_dir").mkdir()
+    (root / "plain_dir" / "notes.txt").write_text("not a checkpoint\n")
+    tok, _ = train_tokenizer("wordpiece", [root / "corpus.txt"], 1000, root / "tok")
+    cfg = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+    BertForPreTraining(BertConfig(vocab_size=1000, **cfg)).save_pretrained(root / "ckpt")
+    BertForPreTraining(BertConfig(vocab_size=77, **cfg)).save_pretrained(root / "ckpt77")
+    BertForPreTraining(BertConfig(vocab_size=1000, **cfg)).save_pretrained(root / "corrupt")
+    (root / "corrupt" / "model.safetensors").write_bytes(b"\x00garbage" * 100)
+    (root / "config_only").mkdir()
+    BertConfig(vocab_size=1000, **cfg).save(root / "config_only" / "config.json")
+    return root
+
+
+BT = ["build-tokenizer", "--out", "{out}"]
+PP = ["preprocess", "--tokenizer", "{d}/tok", "--out", "{out}"]
+PT = [
+    "pretrain",
+    "--data-text",
+    "--tokenizer",
+    "{d}/tok",
+    "--preset",
+    "tiny",
+    "--max-steps",
+    "2",
+    "--out",
+    "{out}",
+]
+PT_ARGS = ["--train-data", "{d}/corpus.txt"]
+EV = ["evaluate", "--checkpoint", "{d}/ckpt", "--tokenizer", "{d}/tok"]
+
+CASES = {
+    # build-tokenizer
+    "bt-missing": (BT + ["--train-data", "{d}/nope.txt", "--vocab-size", "500"], "no such file"),
+    "bt-empty": (BT + ["--train-data", "{d}/empty.txt", "--vocab-size", "500"], "is empty"),
+    "bt-blank": (BT + ["--train-data", "{d}/blank.txt", "--vocab-size", "500"], "is empty"),
+    "bt-binary": (BT + ["--train-data", "{d}/binary.bin", "--vocab-size", "500"], "binary"),
+    "bt-vocab-zero": (BT + ["--train-data", "{d}/corpus.txt", "--vocab-size", "0"], "--vocab-size"),
+    "bt-vocab-negative": (
+        BT + ["--train-data", "{d}/corpus.txt", "--vocab-size", "-5"],
+        "--vocab-size",
+    ),
+    "bt-vocab-small": (BT + ["--train-data", "{d}/corpus.txt", "--vocab-size", "20"], "too small"),
+    "bt-no-source": (BT, "exactly one of"),
+    "bt-two-sources": (
+        BT + ["--train-data", "{d}/corpus.txt", "--vocab-file", "{d}/tok/vocab.txt"],
+        "exactly one of",
+    ),
+    "bt-vocab-no-specials": (BT + ["--vocab-file", "{d}/novocab.txt"], "special tokens"),
+    "bt-vocab-latin1": (BT + ["--vocab-file", "{d}/latin1.txt"], "not valid UTF-8"),
+    "bt-vocab-binary": (BT + ["--vocab-file", "{d}/binary.bin"], "binary"),
+    "bt-spm-garbage": (BT + ["--sentencepiece-model", "{d}/binary.bin"], "SentencePiece"),
+    "bt-bad-type": (BT + ["--type", "bpe", "--train-data", "{d}/corpus.txt"], "--type"),
+    "bt-min-frequency": (
+        BT + ["--train-data", "{d}/corpus.txt", "--min-frequency", "-1"],
+        "--min-frequency",
+    ),
+    # download
+    "dl-unknown": (["download", "wikitext7", "--out", "{out}"], "unknown corpus"),
+    "dl-bad-sha": (["download", "wikitext2", "--out", "{out}", "--sha256", "xyz"], "--sha256"),
+    "dl-unreachable": (
+        [
+            "download",
+            "wikitext2",
+            "--out",
+            "{out}",
+            "--retries",
+            "0",
+            "--url",
+            "http://127.0.0.1:9/wikitext-2-v1.zip",
+        ],
+        "could not download",
+    ),
+    "dl-missing-file-url": (
+        [
+            "download",
+            "wikitext2",
+            "--out",
+            "{out}",
+            "--url",
+            "file:///nonexistent/wikitext-2-v1.zip",
+        ],
+        "could not download",
+    ),
+    "dl-negative-retries": (
+        ["download", "wikitext2", "--out", "{out}", "--retries", "-1"],
+        "--retries",
+    ),
+    # preprocess
+    "pp-missing": (PP + ["--input", "{d}/nope.txt"], "no such file"),
+    "pp-empty": (PP + ["--input", "{d}/empty.txt"], "is empty"),
+    "pp-binary": (PP + ["--input", "{d}/binary.bin"], "binary"),
+    "pp-no-tokenizer": (
+        ["preprocess", "--input", "{d}/corpus.txt", "--out", "{out}"],
+        "--tokenizer",
+    ),
+    "pp-not-a-tokenizer": (
+        [
+            "preprocess",
+            "--input",
+            "{d}/corpus.txt",
+            "--tokenizer",
+            "{d}/plain_dir",
+            "--out",
+            "{out}",
+        ],
+        "not a tokenizer directory",
+    ),
+    "pp-seq-zero": (
+        PP + ["--input", "{d}/corpus.txt", "--max-seq-length", "0"],
+        "--max-seq-length",
+    ),
+    "pp-seq-huge": (
+        PP + ["--input", "{d}/corpus.txt", "--max-seq-length", "100000"],
+        "--max-seq-length",
+    ),
+    "pp-prob-high": (
+        PP + ["--input", "{d}/corpus.txt", "--masked-lm-prob", "1.5"],
+        "--masked-lm-prob",
+    ),
+    "pp-prob-negative": (
+        PP + ["--input", "{d}/corpus.txt", "--masked-lm-prob", "-0.1"],
+        "--masked-lm-prob",
+    ),
+    "pp-short-prob": (
+        PP + ["--input", "{d}/corpus.txt", "--short-seq-prob", "2"],
+        "--short-seq-prob",
+    ),
+    "pp-dupe-zero": (PP + ["--input", "{d}/corpus.txt", "--dupe-factor", "0"], "--dupe-factor"),
+    "pp-workers-zero": (PP + ["--input", "{d}/corpus.txt", "--workers", "0"], "--workers"),
+    "pp-shard-zero": (PP + ["--input", "{d}/corpus.txt", "--shard-size", "0"], "--shard-size"),
+    "pp-eval-one": (PP + ["--input", "{d}/corpus.txt", "--eval-fraction", "1"], "--eval-fraction"),
+    "pp-max-pred": (
+        PP + ["--input", "{d}/corpus.txt", "--max-predictions-per-seq", "0"],
+        "--max-predictions-per-seq",
+    ),
+    "pp-format": (PP + ["--input", "{d}/corpus.txt", "--input-format", "xml"], "--input-format"),
+    # pretrain
+    "pt-batch-zero": (PT + PT_ARGS + ["--batch-size", "0"], "--batch-size"),
+    "pt-lr-negative": (PT + PT_ARGS + ["--lr", "-1"], "--lr"),
+    "pt-warmup-ratio": (PT + PT_ARGS + ["--warmup-ratio", "1.5"], "--warmup-ratio"),
+    "pt-seq-too-long": (PT + PT_ARGS + ["--max-seq-length", "4096"], "max_position_embeddings"),
+    "pt-missing-train": (PT + ["--train-data", "{d}/nope.txt"], "no such file"),
+    "pt-empty-train": (PT + ["--train-data", "{d}/empty.txt"], "is empty"),
+    "pt-binary-train": (PT + ["--train-data", "{d}/binary.bin"], "binary"),
+    "pt-missing-eval": (PT + PT_ARGS + ["--eval-data", "{d}/nope.txt"], "no such file"),
+    "pt-resume-none": (PT + PT_ARGS + ["--resume"], "no complete checkpoint"),
+    "pt-init-not-bert": (PT + PT_ARGS + ["--init-from", "{d}/plain_dir"], "not a BERT checkpoint"),
+    "pt-init-mismatch": (
+        PT[:4] + ["--max-steps", "2", "--out", "{out}", "--init-from", "{d}/ckpt77"] + PT_ARGS,
+        "tokenizer has 1000 tokens",
+    ),
+    "pt-init-corrupt": (
+        PT[:4] + ["--max-steps", "2", "--out", "{out}", "--init-from", "{d}/corrupt"] + PT_ARGS,
+        "unreadable safetensors",
+    ),
+    "pt-no-steps": (["pretrain", "--data-text", "--out", "{out}"] + PT_ARGS, "--max-steps"),
+    "pt-steps-zero": (PT[:-4] + ["--max-steps", "0", "--out", "{out}"] + PT_ARGS, "--max-steps"),
+    "pt-shards-are-text": (
+        [
+            "pretrain",
+            "--data-preprocessed",
+            "--train-data",
+            "{d}/plain_dir",
+            "--tokenizer",
+            "{d}/tok",
+            "--max-steps",
+            "2",
+            "--out",
+            "{out}",
+        ],
+        "holds no *.hdf5",
+    ),
+    "pt-bad-heads": (PT + PT_ARGS + ["--num-attention-heads", "3"], "divisible"),
+    "pt-out-is-file": (PT[:-1] + ["{d}/corpus.txt"] + PT_ARGS, "not a directory"),
+    # evaluate
+    "ev-not-a-dir": (
+        ["evaluate", "--checkpoint", "{d}/corpus.txt", "--data-text", "{d}/corpus.txt"],
+        "not a BERT checkpoint",
+    ),
+    "ev-plain-dir": (
+        ["evaluate", "--checkpoint", "{d}/plain_dir", "--data-text", "{d}/corpus.txt"],
+        "not a BERT checkpoint",
+    ),
+    "ev-config-only": (
+        ["evaluate", "--checkpoint", "{d}/config_only", "--data-text", "{d}/corpus.txt"],
+        "not a BERT checkpoint",
+    ),
+    "ev-no-data": (EV, "exactly one of"),
+    "ev-missing-data": (EV + ["--data-text", "{d}/nope.txt"], "no such file"),
+    "ev-binary-data": (EV + ["--data-text", "{d}/binary.bin"], "binary"),
+    "ev-batch-zero": (EV + ["--data-text", "{d}/corpus.txt", "--batch-size", "0"], "--batch-size"),
+    "ev-mismatch": (
+        [
+            "evaluate",
+            "--checkpoint",
+            "{d}/ckpt77",
+            "--tokenizer",
+            "{d}/tok",
+            "--data-text",
+            "{d}/corpus.txt",
+        ],
+        "tokenizer has 1000 tokens",
+    ),
+    "ev-corrupt": (
+        [
+            "evaluate",
+            "--checkpoint",
+            "{d}/corrupt",
+            "--tokenizer",
+            "{d}/tok",
+            "--data-text",
+            "{d}/corpus.txt",
+        ],
+        "unreadable safetensors",
+    ),
+    "ev-shards-missing": (
+        ["evaluate", "--checkpoint", "{d}/ckpt", "--data-preprocessed", "{d}/plain_dir"],
+        "holds no *.hdf5",
+    ),
+    # export-config
+    "ec-bad-preset": (["export-config", "--preset", "gigantic", "--out", "{out}"], "--preset"),
+    "ec-heads": (["export-config", "--num-attention-heads", "5", "--out", "{out}"], "divisible"),
+    "ec-zero-layers": (
+        ["export-config", "--num-hidden-layers", "0", "--out", "{out}"],
+        "num_hidden_layers",
+    ),
+    "ec-not-ckpt": (
+        ["export-config", "--from-checkpoint", "{d}/plain_dir", "--out", "{out}"],
+        "not a BERT checkpoint",
+    ),
+    "ec-bad-act": (["export-config", "--hidden-act", "sigmoid", "--out", "{out}"], "hidden_act"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_input(invoke, files, tmp_path, case):
+    args, needle = CASES[case]
+    out = tmp_path / "output"
+    args = [a.replace("{d}", str(files)).replace("{out}", str(out)) for a in args]
+    result = invoke(*args)
+    assert result.exit_code == 2, (result.exit_code, result.output, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ") and needle in lines[0], lines[0]
+    assert "Traceback" not in result.output + result.stderr
+    # nothing at the output path looks complete
+    if out.exists():
+        leftovers = [p.name for p in out.rglob("*") if p.is_file()]
+        complete = {
+            "tokenizer.json",
+            "config.json",
+            "model.safetensors",
+            "train.txt",
+            ".bertcli-download.json",
+            "trainer_state.pt",
+        }
+        assert not complete & set(leftovers), leftovers
+        assert not [p for p in out.rglob("*.hdf5")], "a shard was left behind"
