@@ -8,15 +8,13 @@ embeddings and not stored, as transformers does.
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from bertcli.atomic import atomic_directory
 from bertcli.config import BertConfig
 from bertcli.errors import UserError
 from bertcli.model import BertForPreTraining
@@ -178,17 +176,8 @@ def load_pretrained(path: str | Path, map_location: str = "cpu") -> BertForPreTr
 
 def save_pretrained(model: BertForPreTraining, path: str | Path) -> None:
     """Write config.json + model.safetensors atomically (temp dir, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
+    with atomic_directory(path) as tmp:
         write_pretrained_files(model, tmp)
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def write_pretrained_files(model: BertForPreTraining, directory: Path) -> None:

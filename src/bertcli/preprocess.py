@@ -12,8 +12,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
-import tempfile
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -22,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bertcli.atomic import atomic_directory
 from bertcli.console import Reporter
 from bertcli.data.corpus import FORMATS, CorpusStats, check_input_files, read_documents
 from bertcli.data.examples import (
@@ -268,20 +267,12 @@ def preprocess(
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a directory")
     final = out / config.subdir_name(tokenizer.lowercase)
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=out))
-    try:
+    with atomic_directory(final) as tmp:
         result = _run(config, tokenizer, spec, files, tmp, reporter)
         result.directory = str(final)
         (tmp / "preprocess.json").write_text(
             json.dumps({"config": _jsonable(config), "result": asdict(result)}, indent=2) + "\n"
         )
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return result
 
 

@@ -8,10 +8,7 @@ A tokenizer directory is the one thing later commands take (`--tokenizer DIR`). 
 from __future__ import annotations
 
 import json
-import os
 import random
-import shutil
-import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +23,7 @@ from tokenizers import (
     trainers,
 )
 
+from bertcli.atomic import atomic_directory
 from bertcli.console import Reporter
 from bertcli.data.corpus import CorpusStats, check_input_files, read_texts
 from bertcli.errors import UserError
@@ -421,16 +419,8 @@ def save_tokenizer(tok: BertTokenizer, out: str | Path) -> Path:
         raise UserError(f"--out {out} exists and is not a directory")
     if out.exists() and any(out.iterdir()) and not (out / TOKENIZER_FILE).exists():
         raise UserError(f"--out {out} is a non-empty directory that is not a tokenizer directory")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_directory(out) as tmp:
         write_tokenizer_files(tok, tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

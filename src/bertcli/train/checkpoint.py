@@ -9,17 +9,16 @@ under a temporary name and renamed, so a kill at any moment leaves the previous 
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from bertcli.atomic import atomic_directory
 from bertcli.errors import UserError
 from bertcli.hf import write_pretrained_files
 from bertcli.model import BertForPreTraining
@@ -58,20 +57,12 @@ def save_checkpoint(
     summary: dict[str, Any],
 ) -> Path:
     """Write `directory` atomically: temporary sibling, then rename."""
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    try:
+    with atomic_directory(directory) as tmp:
         write_pretrained_files(model, tmp)
         if tokenizer is not None:
             write_tokenizer_files(tokenizer, tmp)
         torch.save(trainer_state, tmp / STATE_FILE)
         (tmp / STATE_JSON).write_text(json.dumps(summary, indent=2) + "\n")
-        if directory.exists():
-            shutil.rmtree(directory)
-        os.replace(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return directory
 
 
