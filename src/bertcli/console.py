@@ -59,7 +59,7 @@ class RichReporter(Reporter):
             columns = [MofNCompleteColumn(), TextColumn("{task.fields[rate]}")]
         self.progress = Progress(
             TextColumn("[bold]{task.description}"),
-            BarColumn(),
+            BarColumn(bar_width=20),
             TaskProgressColumn(),
             *columns,
             TextColumn("{task.fields[info]}"),

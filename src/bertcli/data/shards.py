@@ -1,0 +1,202 @@
+"""HDF5 shards in NVIDIA DeepLearningExamples' (DLE) BERT format: write, read, validate.
+
+One shard holds N examples as six gzip-compressed datasets, exactly as DLE's
+`create_pretraining_data.py` writes them and its `run_pretraining.py` reads them:
+
+| dataset                | dtype | shape           | meaning                                      |
+|------------------------|-------|-----------------|----------------------------------------------|
+| `input_ids`            | i4    | (N, max_seq)    | [CLS] A [SEP] B [SEP], masked, 0-padded      |
+| `input_mask`           | i1    | (N, max_seq)    | 1 for real tokens                            |
+| `segment_ids`          | i1    | (N, max_seq)    | 0 for A (with [CLS], first [SEP]), 1 for B   |
+| `masked_lm_positions`  | i4    | (N, max_pred)   | predicted positions, ascending, 0-padded     |
+| `masked_lm_ids`        | i4    | (N, max_pred)   | original ids at those positions, 0-padded    |
+| `next_sentence_labels` | i1    | (N,)            | 1 = B is a random sentence                   |
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from bertcli.errors import UserError
+
+KEYS = (
+    "input_ids",
+    "input_mask",
+    "segment_ids",
+    "masked_lm_positions",
+    "masked_lm_ids",
+    "next_sentence_labels",
+)
+DTYPES = {
+    "input_ids": np.int32,
+    "input_mask": np.int8,
+    "segment_ids": np.int8,
+    "masked_lm_positions": np.int32,
+    "masked_lm_ids": np.int32,
+    "next_sentence_labels": np.int8,
+}
+
+
+@dataclass
+class ShardArrays:
+    """The six arrays of one shard, in memory."""
+
+    input_ids: np.ndarray
+    input_mask: np.ndarray
+    segment_ids: np.ndarray
+    masked_lm_positions: np.ndarray
+    masked_lm_ids: np.ndarray
+    next_sentence_labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    @property
+    def max_seq_length(self) -> int:
+        return self.input_ids.shape[1]
+
+    @property
+    def max_predictions_per_seq(self) -> int:
+        return self.masked_lm_positions.shape[1]
+
+
+def write_shard(path: str | Path, arrays: ShardArrays, compression: str | None = "gzip") -> None:
+    """Write one shard atomically (a temporary name, then rename)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with h5py.File(tmp, "w") as f:
+        for key in KEYS:
+            f.create_dataset(
+                key, data=np.asarray(getattr(arrays, key), dtype=DTYPES[key]),
+                compression=compression,
+            )
+    os.replace(tmp, path)
+
+
+class ShardAppender:
+    """Writes one shard incrementally (resizable datasets), so memory holds one block, not a
+    shard; the file appears under its final name only on `close()`."""
+
+    def __init__(self, path: str | Path, compression: str | None = "gzip"):
+        self.path = Path(path)
+        self.tmp = self.path.with_name(f".{self.path.name}.tmp")
+        self.compression = compression
+        self.file: h5py.File | None = None
+        self.rows = 0
+
+    def append(self, arrays: dict[str, np.ndarray]) -> None:
+        n = len(arrays["input_ids"])
+        if self.file is None:
+            self.file = h5py.File(self.tmp, "w")
+            for key in KEYS:
+                data = np.asarray(arrays[key], dtype=DTYPES[key])
+                chunk_rows = 1024 if data.ndim == 2 else 65536
+                self.file.create_dataset(
+                    key, data=data, maxshape=(None, *data.shape[1:]),
+                    chunks=(min(chunk_rows, max(1, n)), *data.shape[1:]),
+                    compression=self.compression,
+                )
+        else:
+            for key in KEYS:
+                dataset = self.file[key]
+                dataset.resize(self.rows + n, axis=0)
+                dataset[self.rows :] = np.asarray(arrays[key], dtype=DTYPES[key])
+        self.rows += n
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            os.replace(self.tmp, self.path)
+            self.file = None
+
+    def abort(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+        self.tmp.unlink(missing_ok=True)
+
+
+def validate_shard(f: h5py.File, name: str) -> tuple[int, int, int]:
+    """Check keys, dtypes (integer) and shapes; returns (N, max_seq, max_pred)."""
+    missing = [k for k in KEYS if k not in f]
+    if missing:
+        raise UserError(f"{name}: not a BERT pretraining shard, missing {', '.join(missing)}")
+    for key in KEYS:
+        if not np.issubdtype(f[key].dtype, np.integer):
+            raise UserError(f"{name}: {key} has dtype {f[key].dtype}, expected integers")
+    n, seq = _shape2(f, "input_ids", name)
+    for key in ("input_mask", "segment_ids"):
+        if f[key].shape != (n, seq):
+            raise UserError(f"{name}: {key} has shape {f[key].shape}, expected {(n, seq)}")
+    _, pred = _shape2(f, "masked_lm_positions", name)
+    if f["masked_lm_ids"].shape != (n, pred) or f["masked_lm_positions"].shape[0] != n:
+        raise UserError(
+            f"{name}: masked_lm_positions/masked_lm_ids shapes {f['masked_lm_positions'].shape} "
+            f"and {f['masked_lm_ids'].shape} do not match {n} examples"
+        )
+    if f["next_sentence_labels"].shape not in ((n,), (n, 1)):
+        raise UserError(
+            f"{name}: next_sentence_labels has shape {f['next_sentence_labels'].shape}, "
+            f"expected {(n,)}"
+        )
+    return n, seq, pred
+
+
+def _shape2(f: h5py.File, key: str, name: str) -> tuple[int, int]:
+    shape = f[key].shape
+    if len(shape) != 2:
+        raise UserError(f"{name}: {key} has shape {shape}, expected (examples, length)")
+    return int(shape[0]), int(shape[1])
+
+
+def open_shard(path: str | Path) -> h5py.File:
+    """Open for reading with a one-line error for anything that is not HDF5."""
+    try:
+        return h5py.File(path, "r")
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path}: not a readable HDF5 shard ({exc})") from None
+
+
+def shard_length(path: str | Path) -> tuple[int, int, int]:
+    """(N, max_seq, max_pred) of a shard, validated, without reading its data."""
+    with open_shard(path) as f:
+        return validate_shard(f, str(path))
+
+
+def read_shard(path: str | Path) -> ShardArrays:
+    """The whole shard in memory (validated), as DLE's loader does."""
+    with open_shard(path) as f:
+        validate_shard(f, str(path))
+        data = {k: np.asarray(f[k][...]) for k in KEYS}
+    data["next_sentence_labels"] = data["next_sentence_labels"].reshape(-1)
+    return ShardArrays(**data)
+
+
+def find_shards(directory: str | Path, flag: str = "--data") -> list[Path]:
+    """`*.hdf5` files of a shard directory, or of its single DLE-named sub-directory."""
+    directory = Path(directory)
+    if directory.is_file():
+        return [directory]
+    if not directory.is_dir():
+        raise UserError(f"{flag}: no such directory {directory}")
+    files = sorted(p for p in directory.glob("*.hdf5") if p.is_file())
+    if not files:
+        subdirs = [d for d in directory.iterdir() if d.is_dir() and list(d.glob("*.hdf5"))]
+        if len(subdirs) == 1:
+            files = sorted(subdirs[0].glob("*.hdf5"))
+    if not files:
+        raise UserError(f"{flag}: {directory} holds no *.hdf5 shards")
+    return files
+
+
+def labels_from_positions(positions: np.ndarray, ids: np.ndarray, seq_len: int) -> np.ndarray:
+    """DLE's rule: (max_seq,) labels, -100 except at the nonzero positions (0 is [CLS])."""
+    labels = np.full(seq_len, -100, dtype=np.int64)
+    count = int(np.count_nonzero(positions))
+    labels[positions[:count]] = ids[:count]
+    return labels
