@@ -28,7 +28,9 @@ def corpus(tmp_path_factory):
 
 def test_same_batch_dict_from_both(tok, corpus, tmp_path):
     text = TextDataset([corpus], tok, max_seq_length=64)
-    result = preprocess(PreprocessConfig([corpus], tmp_path, max_seq_length=64, dupe_factor=1, workers=1), tok)
+    result = preprocess(
+        PreprocessConfig([corpus], tmp_path, max_seq_length=64, dupe_factor=1, workers=1), tok
+    )
     shards = PreprocessedDataset(result.directory)
     for ds in (text, shards):
         batch = collate([ds[i] for i in range(4)])

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -98,8 +96,15 @@ def test_whole_word_masking_masks_whole_words(uncased, tmp_path):
 
     cont = continuation_mask(uncased)
     spec = MaskingSpec(
-        uncased.vocab_size, uncased.cls_id, uncased.sep_id, uncased.pad_id, uncased.mask_id,
-        masked_lm_prob=0.3, max_predictions_per_seq=40, whole_word_masking=True, continuation=cont,
+        uncased.vocab_size,
+        uncased.cls_id,
+        uncased.sep_id,
+        uncased.pad_id,
+        uncased.mask_id,
+        masked_lm_prob=0.3,
+        max_predictions_per_seq=40,
+        whole_word_masking=True,
+        continuation=cont,
     )
     text = "unbelievably tokenization of extraordinarily hyperparameterized embeddings"
     ids = np.asarray(uncased.encode_batch([text])[0], dtype=np.int32)
@@ -122,11 +127,17 @@ def test_output_identical_across_worker_counts(uncased, tmp_path):
     corpus.write_text((require(WIKITEXT2) / "valid.txt").read_text()[:400_000])
     shards = []
     for workers in (1, 2):
-        config = PreprocessConfig([corpus], tmp_path / f"w{workers}", dupe_factor=1, workers=workers, shard_size=700)
+        config = PreprocessConfig(
+            [corpus], tmp_path / f"w{workers}", dupe_factor=1, workers=workers, shard_size=700
+        )
         shards.append([read_shard(p) for p in find_shards(preprocess(config, uncased).directory)])
     assert len(shards[0]) == len(shards[1]) > 1
     for a, b in zip(*shards):
-        for key in ("input_ids", "segment_ids", "masked_lm_positions", "masked_lm_ids", "next_sentence_labels"):
+        for key in (
+            "input_ids",
+            "segment_ids",
+            "masked_lm_positions",
+            "masked_lm_ids",
+            "next_sentence_labels",
+        ):
             assert np.array_equal(getattr(a, key), getattr(b, key))
-
-

@@ -38,9 +38,10 @@ def test_written_dtypes_and_gzip(tmp_path):
     assert not list(tmp_path.glob(".*tmp"))
 
 
-def test_round_trip(tmp_path):
+@pytest.mark.parametrize("compression", ["gzip", None])
+def test_round_trip(tmp_path, compression):
     arrays = random_arrays()
-    write_shard(tmp_path / "s.hdf5", arrays)
+    write_shard(tmp_path / "s.hdf5", arrays, compression=compression)
     again = read_shard(tmp_path / "s.hdf5")
     for key in KEYS:
         assert np.array_equal(getattr(arrays, key), getattr(again, key))
@@ -53,9 +54,13 @@ def write_like_dle(path, arrays: ShardArrays):
         f.create_dataset("input_ids", data=arrays.input_ids, dtype="i4", compression="gzip")
         f.create_dataset("input_mask", data=arrays.input_mask, dtype="i1", compression="gzip")
         f.create_dataset("segment_ids", data=arrays.segment_ids, dtype="i1", compression="gzip")
-        f.create_dataset("masked_lm_positions", data=arrays.masked_lm_positions, dtype="i4", compression="gzip")
+        f.create_dataset(
+            "masked_lm_positions", data=arrays.masked_lm_positions, dtype="i4", compression="gzip"
+        )
         f.create_dataset("masked_lm_ids", data=arrays.masked_lm_ids, dtype="i4", compression="gzip")
-        f.create_dataset("next_sentence_labels", data=arrays.next_sentence_labels, dtype="i1", compression="gzip")
+        f.create_dataset(
+            "next_sentence_labels", data=arrays.next_sentence_labels, dtype="i1", compression="gzip"
+        )
 
 
 def test_dle_shard_is_read_with_dle_label_rule(tmp_path):

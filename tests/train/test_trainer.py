@@ -205,3 +205,23 @@ def test_other_optimizers_reduce_loss(tokenizer_dir, corpus, tmp_path, optimizer
     trainer.fit()
     losses = [r["loss"] for r in rows(tmp_path / optimizer)]
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.3, losses
+
+
+def test_non_finite_loss_stops_naming_the_step(tokenizer_dir, corpus, tmp_path, monkeypatch):
+    from bertcli.errors import UserError
+
+    trainer = make_trainer(tokenizer_dir, corpus, tmp_path / "nan", 4, 1, steps=6)
+    trainer.config.save_every = 1
+    original = Trainer._train_step
+
+    def poisoned(self, micro):
+        totals, *rest = original(self, micro)
+        if self.step == 2:  # the third step
+            totals = totals * float("nan")
+        return (totals, *rest)
+
+    monkeypatch.setattr(Trainer, "_train_step", poisoned)
+    with pytest.raises(UserError, match="non-finite loss at step 3"):
+        trainer.fit()
+    names = [p.name for _, p in ckpt.list_checkpoints(tmp_path / "nan" / "checkpoints")]
+    assert names == ["step_00000001", "step_00000002"]  # the good ones, nothing after

@@ -59,7 +59,9 @@ def check_input_files(paths: Iterable[str | Path], flag: str = "--input") -> lis
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            children = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+            children = sorted(
+                p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")
+            )
             if not children:
                 raise UserError(f"{flag}: directory {path} holds no files")
             files.extend(children)

@@ -193,7 +193,9 @@ class TextDataset(torch.utils.data.Dataset):
         corpus = tokenize_corpus(paths, tokenizer, input_format)[0]
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp.npz")
-        np.savez(tmp, tokens=corpus.tokens, sent_start=corpus.sent_start, doc_start=corpus.doc_start)
+        np.savez(
+            tmp, tokens=corpus.tokens, sent_start=corpus.sent_start, doc_start=corpus.doc_start
+        )
         os.replace(tmp, cache)
         return corpus
 

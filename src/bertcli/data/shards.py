@@ -72,7 +72,8 @@ def write_shard(path: str | Path, arrays: ShardArrays, compression: str | None =
     with h5py.File(tmp, "w") as f:
         for key in KEYS:
             f.create_dataset(
-                key, data=np.asarray(getattr(arrays, key), dtype=DTYPES[key]),
+                key,
+                data=np.asarray(getattr(arrays, key), dtype=DTYPES[key]),
                 compression=compression,
             )
     os.replace(tmp, path)
@@ -97,7 +98,9 @@ class ShardAppender:
                 data = np.asarray(arrays[key], dtype=DTYPES[key])
                 chunk_rows = 1024 if data.ndim == 2 else 65536
                 self.file.create_dataset(
-                    key, data=data, maxshape=(None, *data.shape[1:]),
+                    key,
+                    data=data,
+                    maxshape=(None, *data.shape[1:]),
                     chunks=(min(chunk_rows, max(1, n)), *data.shape[1:]),
                     compression=self.compression,
                 )
