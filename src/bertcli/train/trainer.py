@@ -156,6 +156,9 @@ class Trainer:
         self.eval_data = eval_data
         self.reporter = reporter if (reporter and runtime.is_main) else Reporter()
         self.model = model  # the bare module: what is saved and evaluated
+        if config.compile:
+            # in place, before DDP: parameter names (and so checkpoints) stay unchanged
+            model.compile()
         self.ddp = None
         net: torch.nn.Module = model
         if runtime.distributed:
@@ -164,8 +167,6 @@ class Trainer:
                 model, device_ids=device_ids, find_unused_parameters=not config.nsp
             )
             net = self.ddp
-        if config.compile:
-            net = torch.compile(net)
         self.net = net
         self.optimizer = build_optimizer(
             config.optimizer,
