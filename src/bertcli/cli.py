@@ -523,22 +523,27 @@ def evaluate(
     data/wikitext2/valid.txt --json
     """
     from bertcli.evaluate import evaluate_checkpoint
-    from bertcli.train.runtime import init_runtime
+    from bertcli.train.runtime import init_runtime, shutdown
 
     if max_batches < 0:
         raise UserError("--max-batches must be >= 0")
     runtime = init_runtime(device.value, precision.value)
-    result = evaluate_checkpoint(
-        checkpoint,
-        runtime,
-        data_text=list(data_text) if data_text else None,
-        data_preprocessed=data_preprocessed,
-        tokenizer=tokenizer,
-        batch_size=batch_size,
-        max_seq_length=max_seq_length,
-        seed=seed,
-        max_batches=max_batches or None,
-    )
+    try:
+        result = evaluate_checkpoint(
+            checkpoint,
+            runtime,
+            data_text=list(data_text) if data_text else None,
+            data_preprocessed=data_preprocessed,
+            tokenizer=tokenizer,
+            batch_size=batch_size,
+            max_seq_length=max_seq_length,
+            seed=seed,
+            max_batches=max_batches or None,
+        )
+    finally:
+        shutdown(runtime)
+    if not runtime.is_main:
+        return
     if json_output:
         import json
 

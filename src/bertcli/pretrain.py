@@ -6,6 +6,7 @@ or not); the loop itself is `train.trainer.Trainer`.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import platform
@@ -204,6 +205,7 @@ def run_pretraining(config: PretrainConfig, reporter: Reporter | None = None) ->
     try:
         return _run(config, runtime, log)
     finally:
+        gc.collect()  # DDP's reducer must go before its process group (gloo aborts otherwise)
         shutdown(runtime)
 
 
@@ -280,7 +282,10 @@ def _run(config: PretrainConfig, runtime: Runtime, log: Reporter) -> dict[str, A
         reporter=log,
         resume_from=resume_dir,
     )
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    finally:
+        trainer.close()
     result["out"] = str(out)
     result["total_steps"] = trainer.total_steps
     return result

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 from bertcli.train.checkpoint import latest_checkpoint
 from tests.train.conftest import TINY
@@ -46,6 +47,8 @@ def test_torchrun_two_processes(corpus, tokenizer_dir, tmp_path):
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=240)
+    if proc.returncode:
+        Path("/tmp/fail1.log").write_text(proc.stderr)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     train = [r["step"] for r in rows if "split" not in r]
@@ -55,3 +58,58 @@ def test_torchrun_two_processes(corpus, tokenizer_dir, tmp_path):
     assert run["world_size"] == 2
     assert latest_checkpoint(out / "checkpoints").name == "step_00000006"
     assert proc.stdout.count("trained to step 6") == 1
+
+
+def test_torchrun_resume_is_exact(corpus, tokenizer_dir, tmp_path):
+    """Two gloo ranks with dropout: resuming from step 4 reproduces steps 5..8 exactly."""
+    import shutil
+
+    def run(out, *extra):
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "bertcli",
+            "pretrain",
+            "--data-text",
+            "--train-data",
+            str(corpus / "train.txt"),
+            "--tokenizer",
+            str(tokenizer_dir),
+            "--out",
+            str(out),
+            *TINY,
+            "--max-steps",
+            "8",
+            "--log-every",
+            "1",
+            "--save-every",
+            "4",
+            "--lr",
+            "1e-3",
+            "--device",
+            "cpu",
+            *extra,
+        ]
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=240)
+        if proc.returncode:
+            Path("/tmp/fail.log").write_text(proc.stderr)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    run(whole)
+    # the state a kill right after the step-4 save leaves behind
+    (cut / "checkpoints").mkdir(parents=True)
+    shutil.copytree(whole / "checkpoints" / "step_00000004", cut / "checkpoints" / "step_00000004")
+    rows = (whole / "metrics.jsonl").read_text().splitlines()
+    (cut / "metrics.jsonl").write_text("\n".join(rows[:4]) + "\n")
+    run(cut, "--resume")
+    expected = [json.loads(r) for r in (whole / "metrics.jsonl").read_text().splitlines()]
+    got = [json.loads(r) for r in (cut / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in got] == [r["step"] for r in expected] == list(range(1, 9))
+    assert [r["loss"] for r in got] == [r["loss"] for r in expected]

@@ -114,6 +114,8 @@ def init_runtime(device: str = "auto", precision: str = "auto") -> Runtime:
 
 
 def shutdown(runtime: Runtime) -> None:
-    """Leave the process group cleanly."""
+    """Leave the process group cleanly: all ranks meet first, so none tears down its
+    connections while a peer still uses them (gloo aborts the process otherwise)."""
     if runtime.distributed and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()

@@ -242,14 +242,15 @@ class Trainer:
         self.step, self.epoch = state["step"], state["epoch"]
         self.step_in_epoch = state["step_in_epoch"]
         self.skipped_steps = state.get("skipped_steps", 0)
-        if self.runtime.is_main:
-            set_rng_state(state["rng"])
-        else:
+        per_rank = state.get("rng_per_rank") or [state["rng"]]
+        if len(per_rank) == self.runtime.world_size:
+            set_rng_state(per_rank[self.runtime.rank])
+        else:  # resumed on a different number of processes: a fresh, distinct seed per rank
             torch.manual_seed(self.config.seed + self.runtime.rank + self.step)
         if self.runtime.is_main:
             truncate_metrics(self.out / "metrics.jsonl", self.step)
 
-    def _trainer_state(self) -> dict[str, Any]:
+    def _trainer_state(self, rng_per_rank: list[dict[str, Any]]) -> dict[str, Any]:
         return {
             "step": self.step,
             "epoch": self.epoch,
@@ -257,13 +258,18 @@ class Trainer:
             "skipped_steps": self.skipped_steps,
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "rng": rng_state(),
+            "rng": rng_per_rank[0],
+            "rng_per_rank": rng_per_rank,  # every rank's dropout RNG, for exact DDP resume
             "train_config": asdict(self.config),
         }
 
     def save(self) -> Path | None:
         """Rank 0 writes checkpoints/step_N atomically; then older ones are pruned."""
         path = self.out / "checkpoints" / checkpoint_name(self.step)
+        rng_per_rank = [rng_state()]
+        if self.runtime.distributed:
+            rng_per_rank = [None] * self.runtime.world_size
+            dist.all_gather_object(rng_per_rank, rng_state())
         if self.runtime.is_main:
             summary = {
                 "step": self.step,
@@ -271,7 +277,9 @@ class Trainer:
                 "step_in_epoch": self.step_in_epoch,
                 "total_steps": self.total_steps,
             }
-            save_checkpoint(path, self.model, self.tokenizer, self._trainer_state(), summary)
+            save_checkpoint(
+                path, self.model, self.tokenizer, self._trainer_state(rng_per_rank), summary
+            )
             prune_checkpoints(self.out / "checkpoints", self.config.keep_last)
         self.runtime.barrier()
         return path
@@ -427,6 +435,11 @@ class Trainer:
         if self.metrics:
             self.metrics.write(row)
         return row
+
+    def close(self) -> None:
+        """Drop the DDP wrapper (and its reducer) now, not at interpreter exit."""
+        self.net = self.model
+        self.ddp = None
 
     def _should_stop(self, stop: _StopFlag) -> bool:
         if not self.runtime.distributed:
