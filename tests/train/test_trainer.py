@@ -225,3 +225,25 @@ def test_non_finite_loss_stops_naming_the_step(tokenizer_dir, corpus, tmp_path, 
         trainer.fit()
     names = [p.name for _, p in ckpt.list_checkpoints(tmp_path / "nan" / "checkpoints")]
     assert names == ["step_00000001", "step_00000002"]  # the good ones, nothing after
+
+
+def test_deferred_finite_check_still_guards_saves(tokenizer_dir, corpus, tmp_path, monkeypatch):
+    """The GPU path checks at log intervals only; a save in between must still refuse."""
+    from bertcli.errors import UserError
+
+    trainer = make_trainer(tokenizer_dir, corpus, tmp_path / "gpu", 4, 1, steps=8)
+    trainer.finite_check_every = 100  # as on CUDA with a long log interval
+    trainer.config.save_every = 4
+    original = Trainer._train_step
+
+    def poisoned(self, micro):
+        totals, *rest = original(self, micro)
+        if self.step == 5:  # the sixth step
+            totals = totals * float("inf")
+        return (totals, *rest)
+
+    monkeypatch.setattr(Trainer, "_train_step", poisoned)
+    with pytest.raises(UserError, match="non-finite loss at step 6"):
+        trainer.fit()
+    names = [p.name for _, p in ckpt.list_checkpoints(tmp_path / "gpu" / "checkpoints")]
+    assert names == ["step_00000004"]

@@ -187,6 +187,9 @@ class Trainer:
         self.epoch = 0
         self.step_in_epoch = 0
         self.skipped_steps = 0
+        self._first_bad = torch.full((), -1, dtype=torch.long, device=runtime.device)
+        # a sync per step is free on the CPU; on GPUs check at log intervals (and every save)
+        self.finite_check_every = 1 if runtime.device.type == "cpu" else config.log_every
         if resume_from is not None:
             self._restore(resume_from)
         self.metrics = (
@@ -265,6 +268,7 @@ class Trainer:
 
     def save(self) -> Path | None:
         """Rank 0 writes checkpoints/step_N atomically; then older ones are pruned."""
+        self._check_finite()  # never overwrite a good checkpoint with a diverged model
         path = self.out / "checkpoints" / checkpoint_name(self.step)
         rng_per_rank = [rng_state()]
         if self.runtime.distributed:
@@ -353,7 +357,6 @@ class Trainer:
         self.reporter.advance(self.step)
         window = torch.zeros(3, device=runtime.device)
         window_steps, window_tokens, window_start = 0, 0, time.perf_counter()
-        check_every = 1 if runtime.device.type == "cpu" else cfg.log_every
         last_row: dict[str, Any] = {}
         last_eval: dict[str, Any] | None = None
         stopped = False
@@ -370,8 +373,11 @@ class Trainer:
                     window += totals
                     window_steps += 1
                     window_tokens += tokens
-                    if self.step % check_every == 0 or self.step == self.total_steps:
-                        self._check_finite(totals)
+                    # remember the first non-finite step on the device: no sync here
+                    bad = ~torch.isfinite(totals[0]) & (self._first_bad < 0)
+                    self._first_bad = torch.where(bad, self.step, self._first_bad)
+                    if self.step % self.finite_check_every == 0 or self.step == self.total_steps:
+                        self._check_finite()
                     if self.step % cfg.log_every == 0 or self.step == self.total_steps:
                         elapsed = max(1e-9, time.perf_counter() - window_start)
                         last_row = self._log_row(
@@ -450,10 +456,12 @@ class Trainer:
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item())
 
-    def _check_finite(self, totals: torch.Tensor) -> None:
-        if not torch.isfinite(totals[0]):
+    def _check_finite(self) -> None:
+        """Raise if any step so far had a non-finite loss (one sync; before every save)."""
+        first_bad = int(self._first_bad)
+        if first_bad >= 0:
             raise UserError(
-                f"non-finite loss at step {self.step}; stopped without saving (lower --lr, use "
+                f"non-finite loss at step {first_bad}; stopped without saving (lower --lr, use "
                 "--precision bf16/fp32 or --max-grad-norm; --resume restarts from the last good "
                 "checkpoint)"
             )
