@@ -56,3 +56,24 @@ COMP_WORDS=(bertcli pre); COMP_CWORD=1; _bertcli; echo "${{COMPREPLY[@]}}"
     out = subprocess.run(["bash", "-c", script], capture_output=True, text=True).stdout.splitlines()
     assert out[0].split() == ["cosine", "constant"]
     assert out[1].split() == ["preprocess", "pretrain"]
+
+
+def test_fish_completion_completes():
+    if shutil.which("fish") is None:
+        pytest.skip("fish not installed")
+    path = ROOT / "completions" / "bertcli.fish"
+    assert subprocess.run(["fish", "-n", str(path)], capture_output=True).returncode == 0
+    script = f"source {path}; complete -C 'bertcli pretrain --optimizer l'"
+    out = subprocess.run(["fish", "-c", script], capture_output=True, text=True).stdout
+    assert out.split("\t")[0] == "lamb"
+
+
+def test_zsh_completion_registers():
+    if shutil.which("zsh") is None:
+        pytest.skip("zsh not installed")
+    script = (
+        f"autoload -U compinit; fpath=({ROOT / 'completions'} $fpath); compinit -u; "
+        "print ${_comps[bertcli]}"
+    )
+    out = subprocess.run(["zsh", "-c", script], capture_output=True, text=True).stdout
+    assert out.strip().endswith("_bertcli")
