@@ -11,6 +11,7 @@ from bertcli.config import BertConfig
 from bertcli.model import BertForPreTraining
 from bertcli.preprocess import PreprocessConfig, preprocess
 from bertcli.tokenizer import load_tokenizer
+from tests.train.conftest import TINY
 
 
 @pytest.fixture(scope="module")
@@ -203,3 +204,77 @@ def test_pretrain_bad_input(invoke, corpus, tokenizer_dir, tmp_path, args, needl
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0], result.stderr
     assert not (tmp_path / "o" / "checkpoints").exists()
+
+
+def dle_getitem(f, index, max_pred_length):
+    """DeepLearningExamples' `pretraining_dataset.__getitem__` (PyTorch BERT), restated."""
+    import numpy as np
+
+    keys = [
+        "input_ids",
+        "input_mask",
+        "segment_ids",
+        "masked_lm_positions",
+        "masked_lm_ids",
+        "next_sentence_labels",
+    ]
+    inputs = [np.asarray(f[key][:]) for key in keys]
+    input_ids, input_mask, segment_ids, positions, ids, nsp = [
+        torch.from_numpy(x[index].astype(np.int64))
+        if i < 5
+        else torch.from_numpy(np.asarray(x[index].astype(np.int64)))
+        for i, x in enumerate(inputs)
+    ]
+    masked_lm_labels = torch.ones(input_ids.shape, dtype=torch.long) * -1
+    padded = (positions == 0).nonzero()
+    limit = padded[0].item() if len(padded) != 0 else max_pred_length
+    masked_lm_labels[positions[:limit]] = ids[:limit]
+    return input_ids, segment_ids, input_mask, masked_lm_labels, nsp
+
+
+def test_our_shards_read_the_same_in_dles_loader(shards):
+    import h5py
+
+    from bertcli.data.datasets import PreprocessedDataset
+    from bertcli.data.shards import find_shards
+
+    ours = PreprocessedDataset(shards[0])
+    with h5py.File(find_shards(shards[0])[0]) as f:
+        for index in (0, 1, 17, len(ours) - 1):
+            ids, segments, mask, labels, nsp = dle_getitem(f, index, 20)
+            row = ours[index]
+            assert torch.equal(torch.from_numpy(row["input_ids"]), ids)
+            assert torch.equal(torch.from_numpy(row["token_type_ids"]), segments)
+            assert torch.equal(torch.from_numpy(row["attention_mask"]), mask)
+            ignore = labels == -1  # DLE marks "not predicted" with -1, transformers with -100
+            assert torch.equal(torch.from_numpy(row["masked_lm_labels"])[~ignore], labels[~ignore])
+            assert (torch.from_numpy(row["masked_lm_labels"])[ignore] == -100).all()
+            assert int(row["next_sentence_labels"]) == int(nsp)
+
+
+def test_pretrain_on_a_dle_written_shard(invoke, tokenizer_dir, tmp_path):
+    from tests.data.test_shards import random_arrays, write_like_dle
+
+    arrays = random_arrays(n=64, seq=64, pred=10, seed=3)
+    arrays.input_ids %= 2000
+    arrays.masked_lm_ids %= 2000
+    (tmp_path / "dle").mkdir()
+    write_like_dle(tmp_path / "dle" / "wikicorpus_en_training_0.hdf5", arrays)
+    result = invoke(
+        "pretrain",
+        "--data-preprocessed",
+        "--train-data",
+        tmp_path / "dle",
+        "--tokenizer",
+        tokenizer_dir,
+        *TINY[:6],
+        "--batch-size",
+        "8",
+        "--max-steps",
+        "3",
+        "--out",
+        tmp_path / "run",
+        "--json",
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["train"]["step"] == 3
