@@ -202,3 +202,23 @@ def test_missing_and_misshaped_tensors_are_named(tmp_path):
     (tmp_path / "e").mkdir()
     with pytest.raises(UserError, match="not a BERT checkpoint"):
         BertForPreTraining.from_pretrained(tmp_path / "e")
+
+
+def test_bare_bert_model_checkpoint_loads_with_fresh_heads(tmp_path):
+    torch.manual_seed(4)
+    encoder = transformers.BertModel(transformers.BertConfig(**tiny_config().to_dict())).eval()
+    encoder.save_pretrained(tmp_path / "encoder")
+    with pytest.raises(UserError, match="missing tensor"):
+        BertForPreTraining.from_pretrained(tmp_path / "encoder")
+    from bertcli.hf import load_pretrained
+
+    ours = load_pretrained(tmp_path / "encoder", allow_missing_heads=True).eval()
+    assert "cls.seq_relationship.weight" in ours.fresh_heads
+    assert "bert.pooler.dense.weight" not in ours.fresh_heads  # BertModel has a pooler
+    ids, types, mask, *_ = padded_batch(101)
+    with torch.no_grad():
+        sequence, pooled = ours.bert(ids, types, mask)
+        ref = encoder(input_ids=ids, token_type_ids=types, attention_mask=mask)
+    valid = mask.bool()
+    assert (sequence - ref.last_hidden_state)[valid].abs().max() < 1e-4
+    assert (pooled - ref.pooler_output).abs().max() < 1e-4

@@ -75,25 +75,40 @@ def to_hf_state_dict(model: BertForPreTraining) -> dict[str, torch.Tensor]:
 
 
 def _normalise_hf_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Accept old TF-converted names (gamma/beta) and bare `BertModel` prefixes."""
+    """Accept old TF-converted names (gamma/beta) and bare `BertModel` checkpoints (no `bert.`)."""
+    bare = not any(k.startswith("bert.") for k in state) and any(
+        k.startswith("embeddings.") for k in state
+    )
     out = {}
     for key, value in state.items():
         key = key.replace("LayerNorm.gamma", "LayerNorm.weight").replace(
             "LayerNorm.beta", "LayerNorm.bias"
         )
-        out[key] = value
+        out[f"bert.{key}" if bare else key] = value
     return out
 
 
+HEAD_PREFIXES = ("cls.", "bert.pooler.")
+
+
 def from_hf_state_dict(
-    state: dict[str, torch.Tensor], config: BertConfig, source: str = "checkpoint"
+    state: dict[str, torch.Tensor],
+    config: BertConfig,
+    source: str = "checkpoint",
+    head_fallback: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """transformers' tensors -> our state dict; names any missing or mis-shaped tensor."""
+    """transformers' tensors -> our state dict; names any missing or mis-shaped tensor.
+
+    With `head_fallback` (transformers' names -> tensors), a checkpoint without the pooler or the
+    pretraining heads (a bare `BertModel`) takes those tensors from it instead of failing.
+    """
     state = _normalise_hf_names(state)
     shapes = _shapes(config)
 
     def take(name: str) -> torch.Tensor:
         if name not in state:
+            if head_fallback is not None and name.startswith(HEAD_PREFIXES):
+                return head_fallback[name]
             raise UserError(f"{source}: missing tensor {name}")
         return state[name]
 
@@ -164,13 +179,26 @@ def load_config(path: str | Path) -> BertConfig:
     return BertConfig.load(path / CONFIG_NAME)
 
 
-def load_pretrained(path: str | Path, map_location: str = "cpu") -> BertForPreTraining:
-    """Build our model from a transformers-layout directory."""
+def load_pretrained(
+    path: str | Path, map_location: str = "cpu", allow_missing_heads: bool = False
+) -> BertForPreTraining:
+    """Build our model from a transformers-layout directory.
+
+    `allow_missing_heads` (for continued pretraining from an encoder-only checkpoint) starts
+    the pooler and pretraining heads from BERT's initialisation when the checkpoint lacks them;
+    their transformers names are left in `model.fresh_heads`.
+    """
     path = Path(path)
     config = load_config(path)
-    state = from_hf_state_dict(read_weights(path), config, source=str(path))
     model = BertForPreTraining(config)
+    raw = read_weights(path)
+    fallback = to_hf_state_dict(model) if allow_missing_heads else None
+    state = from_hf_state_dict(raw, config, source=str(path), head_fallback=fallback)
     model.load_state_dict(state, strict=True)
+    present = _normalise_hf_names(raw)
+    model.fresh_heads = sorted(
+        k for k in (fallback or {}) if k.startswith(HEAD_PREFIXES) and k not in present
+    )
     return model.to(map_location)
 
 

@@ -261,8 +261,17 @@ def _run(config: PretrainConfig, runtime: Runtime, log: Reporter) -> dict[str, A
                     f"max_position_embeddings {model_config.max_position_embeddings}"
                 )
 
-    source = resume_dir or init_dir
-    model = load_pretrained(source) if source is not None else BertForPreTraining(model_config)
+    if resume_dir is not None:
+        model = load_pretrained(resume_dir)
+    elif init_dir is not None:
+        model = load_pretrained(init_dir, allow_missing_heads=True)
+        if model.fresh_heads:
+            log.log(
+                f"--init-from has no pretraining heads; initialised {len(model.fresh_heads)} "
+                "tensors (pooler, MLM, NSP) fresh"
+            )
+    else:
+        model = BertForPreTraining(model_config)
     model.to(runtime.device)
     torch.manual_seed(config.train.seed + runtime.rank)
 
