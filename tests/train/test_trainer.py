@@ -207,20 +207,25 @@ def test_other_optimizers_reduce_loss(tokenizer_dir, corpus, tmp_path, optimizer
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.3, losses
 
 
+def poison_step(monkeypatch, step: int, value: float) -> None:
+    """Make the loss of optimizer step `step` (1-based) non-finite."""
+    original = Trainer._train_step
+
+    def poisoned(self, micro):
+        totals, *rest = original(self, micro)
+        if self.step == step - 1:  # self.step counts the steps already taken
+            totals = totals * value
+        return (totals, *rest)
+
+    monkeypatch.setattr(Trainer, "_train_step", poisoned)
+
+
 def test_non_finite_loss_stops_naming_the_step(tokenizer_dir, corpus, tmp_path, monkeypatch):
     from bertcli.errors import UserError
 
     trainer = make_trainer(tokenizer_dir, corpus, tmp_path / "nan", 4, 1, steps=6)
     trainer.config.save_every = 1
-    original = Trainer._train_step
-
-    def poisoned(self, micro):
-        totals, *rest = original(self, micro)
-        if self.step == 2:  # the third step
-            totals = totals * float("nan")
-        return (totals, *rest)
-
-    monkeypatch.setattr(Trainer, "_train_step", poisoned)
+    poison_step(monkeypatch, 3, float("nan"))
     with pytest.raises(UserError, match="non-finite loss at step 3"):
         trainer.fit()
     names = [p.name for _, p in ckpt.list_checkpoints(tmp_path / "nan" / "checkpoints")]
@@ -234,15 +239,7 @@ def test_deferred_finite_check_still_guards_saves(tokenizer_dir, corpus, tmp_pat
     trainer = make_trainer(tokenizer_dir, corpus, tmp_path / "gpu", 4, 1, steps=8)
     trainer.finite_check_every = 100  # as on CUDA with a long log interval
     trainer.config.save_every = 4
-    original = Trainer._train_step
-
-    def poisoned(self, micro):
-        totals, *rest = original(self, micro)
-        if self.step == 5:  # the sixth step
-            totals = totals * float("inf")
-        return (totals, *rest)
-
-    monkeypatch.setattr(Trainer, "_train_step", poisoned)
+    poison_step(monkeypatch, 6, float("inf"))
     with pytest.raises(UserError, match="non-finite loss at step 6"):
         trainer.fit()
     names = [p.name for _, p in ckpt.list_checkpoints(tmp_path / "gpu" / "checkpoints")]
