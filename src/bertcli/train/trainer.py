@@ -285,6 +285,7 @@ class Trainer:
                 path, self.model, self.tokenizer, self._trainer_state(rng_per_rank), summary
             )
             prune_checkpoints(self.out / "checkpoints", self.config.keep_last)
+            self.reporter.log(f"saved {path}")
         self.runtime.barrier()
         return path
 
@@ -353,6 +354,13 @@ class Trainer:
         """Train to `total_steps`; returns the last logged row and evaluation."""
         cfg, runtime = self.config, self.runtime
         self.model.train()
+        self.reporter.log(
+            f"{self.model.num_parameters() / 1e6:.1f}M parameters on {runtime.device} "
+            f"({runtime.precision}, {runtime.world_size} process"
+            f"{'es' if runtime.world_size > 1 else ''}); {self.total_steps} steps of "
+            f"{cfg.batch_size * cfg.batches_per_step * runtime.world_size} sequences"
+            + (f", from step {self.step}" if self.step else "")
+        )
         self.reporter.start("Pretraining", total=self.total_steps, unit="steps")
         self.reporter.advance(self.step)
         window = torch.zeros(3, device=runtime.device)
