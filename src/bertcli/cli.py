@@ -55,6 +55,7 @@ class _OneLineErrors(TyperGroup):
 
 def _fail(message: str, code: int = 2) -> None:
     first = " ".join(message.strip().split("\n")[:1]) or "error"
+    first = first.replace("Value error, ", "")  # typer's pydantic wording for bad choices
     sys.stderr.write(f"error: {first}\n")
     sys.exit(code)
 
