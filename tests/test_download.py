@@ -149,3 +149,14 @@ def test_cli_download(server, tmp_path, invoke):
         "download", "wikitext2", "--out", tmp_path / "e", "--url", server.url, "--sha256", "1" * 64
     )
     assert bad.exit_code == 2 and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_resume_a_partial_file_from_an_earlier_run(server, tmp_path):
+    out = tmp_path / "wt2"
+    out.mkdir()
+    half = len(server.payload) // 2
+    (out / ".wikitext2.part").write_bytes(server.payload[:half])  # left by a killed run
+    download("wikitext2", out, url=server.url)
+    assert server.requests == [f"bytes={half}-"]
+    assert (out / "valid.txt").read_bytes() == (WIKITEXT2 / "valid.txt").read_bytes()
+    assert not (out / ".wikitext2.part").exists()

@@ -98,3 +98,20 @@ def test_invalid_utf8_is_replaced_and_counted(uncased, tmp_path):
         PreprocessConfig([tmp_path / "c.txt"], tmp_path / "o", dupe_factor=1, workers=1), uncased
     )
     assert result.invalid_utf8_lines == 1 and result.train_examples > 0
+
+
+def test_jsonl_bad_lines_are_skipped_and_counted(uncased, tmp_path):
+    records = [
+        json.dumps({"title": "T", "text": f"T\nSentence {i} is here. Another one follows."})
+        for i in range(40)
+    ]
+    records.insert(3, "{not json")
+    records.insert(7, json.dumps({"no_text": 1}))
+    (tmp_path / "c.jsonl").write_text("\n".join(records) + "\n")
+    result = preprocess(
+        PreprocessConfig(
+            [tmp_path / "c.jsonl"], tmp_path / "o", dupe_factor=1, workers=1, max_seq_length=32
+        ),
+        uncased,
+    )
+    assert result.bad_json_lines == 2 and result.documents == 40
