@@ -222,6 +222,8 @@ def build_tokenizer(
         summary.update(sentences=stats.sentences, invalid_utf8_lines=stats.invalid_utf8_lines)
         if stats.invalid_utf8_lines:
             reporter.log(f"warning: {stats.invalid_utf8_lines} lines had invalid UTF-8 (replaced)")
+        if stats.bad_json_lines:
+            reporter.log(f"warning: skipped {stats.bad_json_lines} JSON lines without a text field")
     _report(summary, json_output, f"wrote {tok.kind} tokenizer ({tok.vocab_size} tokens) to {out}")
 
 
@@ -318,6 +320,8 @@ def preprocess(
         reporter.log(f"skipped {result.skipped_documents} documents too short to pair")
     if result.invalid_utf8_lines:
         reporter.log(f"warning: {result.invalid_utf8_lines} lines had invalid UTF-8 (replaced)")
+    if result.bad_json_lines:
+        reporter.log(f"warning: skipped {result.bad_json_lines} JSON lines without a text field")
     _report(
         asdict(result),
         json_output,
