@@ -527,6 +527,7 @@ def evaluate(
     Example: bertcli evaluate --checkpoint outputs/run/checkpoints/step_00000200 --data-text
     data/wikitext2/valid.txt --json
     """
+    from bertcli.console import make_reporter
     from bertcli.evaluate import evaluate_checkpoint
     from bertcli.train.runtime import init_runtime, shutdown
 
@@ -544,6 +545,7 @@ def evaluate(
             max_seq_length=max_seq_length,
             seed=seed,
             max_batches=max_batches or None,
+            reporter=make_reporter(json_output) if runtime.is_main else None,
         )
     finally:
         shutdown(runtime)

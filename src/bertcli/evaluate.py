@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from bertcli.console import Reporter
 from bertcli.data.datasets import PreprocessedDataset, TextDataset, collate
 from bertcli.errors import UserError
 from bertcli.hf import is_checkpoint_dir, load_pretrained
@@ -23,6 +24,7 @@ def evaluate_model(
     batch_size: int,
     runtime: Runtime,
     max_batches: int | None = None,
+    reporter: Reporter | None = None,
 ) -> dict[str, float | int]:
     """Deterministic pass over `dataset` (in index order, split across ranks)."""
     was_training = model.training
@@ -32,6 +34,8 @@ def evaluate_model(
     if max_batches:
         batches = batches[:max_batches]
     sums = EvalSums(runtime.device)
+    reporter = reporter or Reporter()
+    reporter.start("Evaluating", total=len(batches), unit="batches")
     for batch_indices in batches:
         batch = collate([dataset[i] for i in batch_indices])
         batch = {k: v.to(runtime.device, non_blocking=True) for k, v in batch.items()}
@@ -49,6 +53,8 @@ def evaluate_model(
             out.nsp_logits,
             batch["next_sentence_labels"],
         )
+        reporter.advance(1)
+    reporter.finish()
     if runtime.distributed:
         dist.all_reduce(sums.values)
     model.train(was_training)
@@ -83,6 +89,7 @@ def evaluate_checkpoint(
     max_seq_length: int = 128,
     seed: int = 12345,
     max_batches: int | None = None,
+    reporter: Reporter | None = None,
 ) -> dict[str, float | int]:
     """Load any bertcli or transformers BERT directory and evaluate it."""
     from bertcli.train.checkpoint import resolve_checkpoint
@@ -114,4 +121,4 @@ def evaluate_checkpoint(
         dataset = TextDataset(
             data_text, tok, max_seq_length=max_seq_length, seed=seed, flag="--data-text"
         )
-    return evaluate_model(model, dataset, batch_size, runtime, max_batches)
+    return evaluate_model(model, dataset, batch_size, runtime, max_batches, reporter)

@@ -245,7 +245,9 @@ def _run(config: PretrainConfig, runtime: Runtime, log: Reporter) -> dict[str, A
             input_format=config.input_format,
             cache_dir=out / "cache",
         )
-        train_data = TextDataset(train_files, tokenizer, flag="--train-data", **options)
+        train_data = TextDataset(
+            train_files, tokenizer, flag="--train-data", reporter=log, **options
+        )
         eval_data = (
             TextDataset(eval_files, tokenizer, flag="--eval-data", **options)
             if eval_files

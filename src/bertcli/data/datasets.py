@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bertcli.console import Reporter
 from bertcli.data.corpus import CorpusStats, check_input_files, read_documents
 from bertcli.data.examples import (
     Corpus,
@@ -110,10 +111,16 @@ def corpus_cache_key(files: list[Path], tokenizer: BertTokenizer, input_format: 
 
 
 def tokenize_corpus(
-    files: list[Path], tokenizer: BertTokenizer, input_format: str = "auto"
+    files: list[Path],
+    tokenizer: BertTokenizer,
+    input_format: str = "auto",
+    reporter: Reporter | None = None,
 ) -> tuple[Corpus, CorpusStats]:
     """Read and tokenize every document (batched through the Rust tokenizer)."""
     stats = CorpusStats()
+    reporter = reporter or Reporter()
+    reporter.start("Tokenizing", total=sum(p.stat().st_size for p in files), unit="bytes")
+    seen = 0
     documents: list[list[list[int]]] = []
     batch: list[list[str]] = []
 
@@ -125,6 +132,9 @@ def tokenize_corpus(
             documents.append(ids[k : k + len(doc)])
             k += len(doc)
         batch.clear()
+        nonlocal seen
+        reporter.advance(stats.bytes - seen)
+        seen = stats.bytes
 
     for doc in read_documents(files, input_format, stats):
         batch.append(doc)
@@ -132,6 +142,7 @@ def tokenize_corpus(
             flush()
     if batch:
         flush()
+    reporter.finish()
     return Corpus.from_documents(documents), stats
 
 
@@ -155,6 +166,7 @@ class TextDataset(torch.utils.data.Dataset):
         input_format: str = "auto",
         cache_dir: str | Path | None = None,
         flag: str = "--train-data",
+        reporter: Reporter | None = None,
     ):
         paths = check_input_files(files, flag)
         self.max_seq_length = max_seq_length
@@ -171,7 +183,8 @@ class TextDataset(torch.utils.data.Dataset):
             whole_word_masking=whole_word_masking,
             continuation=continuation_mask(tokenizer) if whole_word_masking else None,
         )
-        self.corpus = self._load(paths, tokenizer, input_format, cache_dir)
+        # the reporter is used while loading only: it must not travel to DataLoader workers
+        self.corpus = self._load(paths, tokenizer, input_format, cache_dir, reporter)
         if self.corpus.num_documents == 0 or len(self.corpus.tokens) < 2:
             raise UserError(f"{flag}: the corpus has no text to train on")
         self.epoch = -1
@@ -180,9 +193,9 @@ class TextDataset(torch.utils.data.Dataset):
         if len(self.pairs) == 0:
             raise UserError(f"{flag}: the corpus is too short to make any example")
 
-    def _load(self, paths, tokenizer, input_format, cache_dir) -> Corpus:
+    def _load(self, paths, tokenizer, input_format, cache_dir, reporter=None) -> Corpus:
         if cache_dir is None:
-            return tokenize_corpus(paths, tokenizer, input_format)[0]
+            return tokenize_corpus(paths, tokenizer, input_format, reporter)[0]
         cache = Path(cache_dir) / f"tokens-{corpus_cache_key(paths, tokenizer, input_format)}.npz"
         if cache.is_file():
             try:
@@ -190,7 +203,7 @@ class TextDataset(torch.utils.data.Dataset):
                     return Corpus(data["tokens"], data["sent_start"], data["doc_start"])
             except (OSError, ValueError, KeyError):
                 pass  # a damaged cache is rebuilt
-        corpus = tokenize_corpus(paths, tokenizer, input_format)[0]
+        corpus = tokenize_corpus(paths, tokenizer, input_format, reporter)[0]
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp.npz")
         np.savez(
