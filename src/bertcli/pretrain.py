@@ -66,8 +66,6 @@ class PretrainConfig:
             raise UserError("choose --data-text or --data-preprocessed")
         if not 8 <= self.max_seq_length:
             raise UserError(f"--max-seq-length must be >= 8, got {self.max_seq_length}")
-        if not 0.0 < self.masked_lm_prob < 1.0:
-            raise UserError(f"--masked-lm-prob must be in (0, 1), got {self.masked_lm_prob}")
         if self.vocab_size < 6:
             raise UserError(f"--vocab-size must be > 5, got {self.vocab_size}")
         if self.resume and self.out is None:

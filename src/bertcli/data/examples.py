@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from bertcli.errors import UserError
+
 
 @dataclass
 class Corpus:
@@ -141,6 +143,15 @@ class MaskingSpec:
     max_predictions_per_seq: int = 20
     whole_word_masking: bool = False
     continuation: np.ndarray | None = None  # (vocab,) bool: id continues the previous word
+
+    def __post_init__(self) -> None:
+        # the one check of the masking options, whichever command builds examples
+        if not 0.0 < self.masked_lm_prob < 1.0:
+            raise UserError(f"--masked-lm-prob must be in (0, 1), got {self.masked_lm_prob}")
+        if self.max_predictions_per_seq < 1:
+            raise UserError(
+                f"--max-predictions-per-seq must be >= 1, got {self.max_predictions_per_seq}"
+            )
 
 
 def assemble(tokens: np.ndarray, pair: Pair, max_seq_length: int, spec: MaskingSpec):

@@ -294,13 +294,12 @@ class Trainer:
     def _train_step(self, micro_batches: list[dict[str, torch.Tensor]]):
         """Forward/backward over the micro-batches, then one optimizer step."""
         device, nsp = self.runtime.device, self.config.nsp
-        masked_total = sum(
-            int((b["masked_lm_labels"] != IGNORE_INDEX).sum()) for b in micro_batches
-        )
+        # counted on the CPU batches, before the copy to the device: no sync
+        masked_counts = [int((b["masked_lm_labels"] != IGNORE_INDEX).sum()) for b in micro_batches]
+        masked_total = sum(masked_counts)
         sequences_total = sum(len(b["input_ids"]) for b in micro_batches)
         totals = torch.zeros(3, device=device)  # loss, mlm_loss, nsp_loss of the whole step
-        for i, batch in enumerate(micro_batches):
-            masked = int((batch["masked_lm_labels"] != IGNORE_INDEX).sum())
+        for i, (batch, masked) in enumerate(zip(micro_batches, masked_counts)):
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             last = i == len(micro_batches) - 1
             sync = contextlib.nullcontext() if (last or self.ddp is None) else self.ddp.no_sync()
@@ -346,7 +345,7 @@ class Trainer:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         tokens = sum(int(b["attention_mask"].sum()) for b in micro_batches)
-        return totals, grad_norm.detach(), lr, tokens, sequences_total
+        return totals, grad_norm.detach(), lr, tokens
 
     # ---- the loop --------------------------------------------------------------------------
 
@@ -375,7 +374,7 @@ class Trainer:
                 iterator = iter(loader)
                 for _ in range(remaining):
                     micro = [next(iterator) for _ in range(cfg.batches_per_step)]
-                    totals, grad_norm, lr, tokens, _ = self._train_step(micro)
+                    totals, grad_norm, lr, tokens = self._train_step(micro)
                     self.step += 1
                     self.step_in_epoch += 1
                     window += totals
