@@ -1,7 +1,9 @@
 """Read documents and sentences from plain text, WikiText and JSON lines.
 
 Every reader yields documents as lists of sentences (strings) and streams: memory does not grow
-with the corpus. Invalid UTF-8 is replaced and counted in `CorpusStats`, never fatal.
+with the corpus. Invalid UTF-8 is replaced and counted in `CorpusStats`, never fatal; a UTF-8
+byte-order mark at the start of a file is dropped. Files ending in `.gz`, `.bz2` or `.xz` are
+decompressed as they are read; directories expand to their files, recursively, in sorted order.
 
 Formats:
 * `text`: one sentence per line, blank lines between documents (google-research/bert).
@@ -13,8 +15,12 @@ Formats:
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import json
+import lzma
 import re
+import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +28,15 @@ from pathlib import Path
 from bertcli.errors import UserError
 
 FORMATS = ("auto", "text", "wikitext", "jsonl")
+# Compressed inputs, read as streams: suffix -> a decompressing reader over a binary file object.
+COMPRESSED = {
+    ".gz": lambda raw: gzip.GzipFile(fileobj=raw, mode="rb"),
+    ".bz2": lambda raw: bz2.BZ2File(raw, "rb"),
+    ".xz": lambda raw: lzma.LZMAFile(raw, "rb"),
+}
+# What a damaged stream raises, turned into one line naming the file.
+_STREAM_ERRORS = (OSError, EOFError, lzma.LZMAError, zlib.error)
+_BOM = "\ufeff"
 
 _WIKI_TITLE = re.compile(r"^ ?= [^=].* = ?$")
 _WIKI_HEADING = re.compile(r"^ ?(= ){2,}.*( =){2,} ?$")
@@ -54,13 +69,19 @@ def split_sentences(paragraph: str) -> list[str]:
 
 
 def check_input_files(paths: Iterable[str | Path], flag: str = "--input") -> list[Path]:
-    """Existing, non-empty, non-binary files (directories expand to their files), or UserError."""
+    """Existing, non-empty, non-binary files (directories expand to their files), or UserError.
+
+    A directory contributes every file below it (hidden files and directories left out), sorted
+    by path, so the corpus order does not depend on the file system."""
     files: list[Path] = []
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
             children = sorted(
-                p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")
+                p
+                for p in path.rglob("*")
+                if p.is_file()
+                and not any(part.startswith(".") for part in p.relative_to(path).parts)
             )
             if not children:
                 raise UserError(f"{flag}: directory {path} holds no files")
@@ -72,8 +93,7 @@ def check_input_files(paths: Iterable[str | Path], flag: str = "--input") -> lis
     if not files:
         raise UserError(f"{flag}: no input files given")
     for path in files:
-        with path.open("rb") as handle:
-            head = handle.read(8192)
+        head = read_head(path, 8192, flag)
         if not head.strip():
             raise UserError(f"{flag}: {path} is empty")
         if b"\x00" in head:
@@ -81,12 +101,33 @@ def check_input_files(paths: Iterable[str | Path], flag: str = "--input") -> lis
     return files
 
 
+def read_head(path: Path, size: int, flag: str = "--input") -> bytes:
+    """The first `size` bytes of the (decompressed) text, or UserError for a damaged stream."""
+    opener = COMPRESSED.get(path.suffix.lower())
+    try:
+        with path.open("rb") as raw:
+            return (opener(raw) if opener else raw).read(size)
+    except _STREAM_ERRORS as exc:
+        raise UserError(f"{flag}: {path} cannot be read as {_kind(path)} ({exc})") from None
+
+
+def _kind(path: Path) -> str:
+    suffix = path.suffix.lower()
+    return f"{suffix[1:]}-compressed text" if suffix in COMPRESSED else "a text file"
+
+
+def text_suffix(path: Path) -> str:
+    """The suffix that says what the text is: `.jsonl` for both c.jsonl and c.jsonl.gz."""
+    if path.suffix.lower() in COMPRESSED:
+        return Path(path.stem).suffix.lower()
+    return path.suffix.lower()
+
+
 def detect_format(path: Path) -> str:
     """Guess text / wikitext / jsonl from the name and the first lines."""
-    if path.suffix in (".jsonl", ".json"):
+    if text_suffix(path) in (".jsonl", ".json"):
         return "jsonl"
-    with path.open("rb") as handle:
-        head = handle.read(65536).decode("utf-8", errors="replace").splitlines()
+    head = read_head(path, 65536).decode("utf-8", errors="replace").lstrip(_BOM).splitlines()
     first = [line for line in head if line.strip()][:20]
     if first and first[0].lstrip().startswith("{"):
         return "jsonl"
@@ -96,18 +137,42 @@ def detect_format(path: Path) -> str:
 
 
 def read_lines(path: Path, stats: CorpusStats) -> Iterator[str]:
-    """Decoded lines without their newline; invalid UTF-8 replaced and counted."""
+    """Decoded lines without their newline; invalid UTF-8 replaced and counted, a BOM dropped.
+
+    `stats.bytes` counts bytes of the file as stored (compressed or not), so progress against
+    the files' sizes stays right for compressed inputs."""
     stats.files += 1
-    with path.open("rb") as handle:
-        for raw in handle:
-            stats.bytes += len(raw)
-            stats.lines += 1
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                stats.invalid_utf8_lines += 1
-                line = raw.decode("utf-8", errors="replace")
-            yield line.rstrip("\r\n")
+    compressed = path.suffix.lower() in COMPRESSED
+    with path.open("rb") as raw_file:
+        handle = COMPRESSED[path.suffix.lower()](raw_file) if compressed else raw_file
+        consumed = 0  # of raw_file, as of the last progress update
+        first = True
+        try:
+            for n, raw in enumerate(handle):
+                stats.lines += 1
+                if compressed:
+                    if n % 1024 == 0:  # tell() is cheap, but not free per line
+                        position = raw_file.tell()
+                        stats.bytes += position - consumed
+                        consumed = position
+                else:
+                    stats.bytes += len(raw)
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    stats.invalid_utf8_lines += 1
+                    line = raw.decode("utf-8", errors="replace")
+                if first:
+                    # a BOM would make the first JSON record unparseable (and a text line dirty)
+                    line = line.removeprefix(_BOM)
+                    first = False
+                yield line.rstrip("\r\n")
+        except _STREAM_ERRORS as exc:
+            raise UserError(f"{path} cannot be read as {_kind(path)} ({exc})") from None
+        finally:
+            if compressed:
+                stats.bytes += raw_file.tell() - consumed
+                handle.close()
 
 
 def _text_documents(path: Path, stats: CorpusStats, split: bool = True) -> Iterator[list[str]]:
