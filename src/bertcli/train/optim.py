@@ -1,5 +1,5 @@
 """Optimisers: parameter groups (no weight decay on biases and LayerNorm), AdamW (fused on
-CUDA), and LAMB and Novograd written here in plain PyTorch."""
+CUDA), LAMB as apex's FusedLAMB (with `torch._foreach_*`) and Novograd in plain PyTorch."""
 
 from __future__ import annotations
 
@@ -27,43 +27,72 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 class Lamb(torch.optim.Optimizer):
-    """LAMB (You et al. 2019): Adam's update rescaled per tensor by ||w|| / ||update||.
+    """LAMB (You et al. 2019) as NVIDIA apex's `FusedLAMB` computes it (DeepLearningExamples' BERT).
 
-    Decoupled weight decay is part of the update before the trust ratio, as in the paper and
-    NVIDIA's FusedLAMB; the trust ratio is 1 where either norm is zero.
+    Per group, with the global gradient norm `n` over all groups and `c = n / max_grad_norm`
+    when `n > max_grad_norm` (else 1): `g = grad / c`; Adam moments with bias correction;
+    `u = m_hat / (sqrt(v_hat) + eps) + wd * w`; then `w -= lr * r * u`, where the trust ratio
+    `r = ||w|| / ||u||` (1 if either norm is 0) applies only where the group's `weight_decay` is
+    non-zero. Groups with weight decay 0 (biases, LayerNorm) get neither decay nor trust ratio:
+    apex's `use_nvlamb=False`, its default and DLE's. `max_grad_norm=0` turns the clipping off;
+    `build_optimizer` does, because the trainer already clips with `clip_grad_norm_` first.
+    Updates run as `torch._foreach_*` over each group's tensors, not a per-tensor Python loop.
     """
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0):
+    def __init__(
+        self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0, max_grad_norm=0.0
+    ):
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
+        self.max_grad_norm = max_grad_norm
 
     @torch.no_grad()
     def step(self, closure=None):
         loss = closure() if closure is not None else None
+        all_grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
+        if not all_grads:
+            return loss
+        clip = None
+        if self.max_grad_norm > 0:
+            norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(all_grads)))
+            clip = torch.clamp(norm / self.max_grad_norm, min=1.0)  # stays on the device
         for group in self.param_groups:
-            beta1, beta2 = group["betas"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if not state:
-                    state["step"] = 0  # a Python int: no device sync for bias correction
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            states = [self.state[p] for p in params]
+            for p, state in zip(params, states):
+                if "exp_avg" not in state:
                     state["exp_avg"] = torch.zeros_like(p)
                     state["exp_avg_sq"] = torch.zeros_like(p)
-                state["step"] += 1
-                step = state["step"]
-                exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-                exp_avg.mul_(beta1).add_(p.grad, alpha=1 - beta1)
-                exp_avg_sq.mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
-                m_hat = exp_avg / (1 - beta1**step)
-                v_hat = exp_avg_sq / (1 - beta2**step)
-                update = m_hat / (v_hat.sqrt() + group["eps"])
-                if group["weight_decay"]:
-                    update.add_(p, alpha=group["weight_decay"])
-                w_norm, u_norm = p.norm(), update.norm()
+            # one Python-int step per group, as apex (no device sync for bias correction);
+            # checkpoints written before kept it per parameter
+            group["step"] = group.get("step", states[0].get("step", 0)) + 1
+            step = group["step"]
+            beta1, beta2 = group["betas"]
+            wd, eps, lr = group["weight_decay"], group["eps"], group["lr"]
+            grads = [p.grad for p in params]
+            if clip is not None:
+                grads = torch._foreach_div(grads, clip)
+            exp_avg = [s["exp_avg"] for s in states]
+            exp_avg_sq = [s["exp_avg_sq"] for s in states]
+            torch._foreach_mul_(exp_avg, beta1)
+            torch._foreach_add_(exp_avg, grads, alpha=1 - beta1)
+            torch._foreach_mul_(exp_avg_sq, beta2)
+            torch._foreach_addcmul_(exp_avg_sq, grads, grads, value=1 - beta2)
+            denom = torch._foreach_div(exp_avg_sq, 1 - beta2**step)
+            torch._foreach_sqrt_(denom)
+            torch._foreach_add_(denom, eps)
+            update = torch._foreach_div(exp_avg, 1 - beta1**step)
+            torch._foreach_div_(update, denom)
+            if wd != 0:
+                w_norm = torch.stack(torch._foreach_norm(params))  # before the update, as apex
+                torch._foreach_add_(update, params, alpha=wd)
+                u_norm = torch.stack(torch._foreach_norm(update))
                 trust = torch.where(
                     (w_norm > 0) & (u_norm > 0), w_norm / u_norm, torch.ones_like(w_norm)
                 )
-                p.add_(update * trust, alpha=-group["lr"])
+                torch._foreach_mul_(update, list(trust.unbind()))
+            torch._foreach_add_(params, update, alpha=-lr)
         return loss
 
 
@@ -106,13 +135,17 @@ def build_optimizer(
     weight_decay: float,
     betas: tuple[float, float],
     device_type: str,
+    eps: float = 1e-6,
 ) -> torch.optim.Optimizer:
-    """The named optimiser over `parameter_groups(model)`; AdamW is fused on CUDA."""
+    """The named optimiser over `parameter_groups(model)`; AdamW is fused on CUDA.
+
+    `eps` is AdamW's and LAMB's epsilon; Novograd keeps NeMo's 1e-8 and SGD has none.
+    """
     groups = parameter_groups(model, weight_decay)
     if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=1e-6, fused=device_type == "cuda")
+        return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=device_type == "cuda")
     if name == "lamb":
-        return Lamb(groups, lr=lr, betas=betas, eps=1e-6)
+        return Lamb(groups, lr=lr, betas=betas, eps=eps)
     if name == "novograd":
         return Novograd(groups, lr=lr, betas=betas)
     if name == "sgd":
