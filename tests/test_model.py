@@ -146,18 +146,27 @@ def test_no_labelled_tokens_gives_zero_not_nan():
     assert torch.isfinite(out.loss) and out.loss.item() == 0.0
 
 
-def test_decoder_is_tied_to_word_embeddings():
+def test_decoder_is_tied_to_word_embeddings(tmp_path):
+    torch.manual_seed(0)
     model = BertForPreTraining(tiny_config())
-    assert model.decoder_weight is model.bert.embeddings.word_embeddings.weight
-    ids = torch.randint(0, 101, (2, 8))
-    labels = ids.clone()
-    model(ids, masked_lm_labels=labels).loss.backward()
-    grad_before = model.bert.embeddings.word_embeddings.weight.grad.clone()
+    hidden = torch.randn(3, 32)
+    # a gradient through the decoder alone (no embedding lookup) reaches word_embeddings
+    model.mlm_head(hidden).logsumexp(-1).sum().backward()
+    grad = model.bert.embeddings.word_embeddings.weight.grad
+    assert grad is not None and grad.abs().sum() > 0
+    # ... and equals the gradient of the same head with an untied copy of the matrix
+    weight = model.decoder_weight.detach().clone().requires_grad_(True)
+    h = model.mlm_norm(model.act(model.mlm_dense(hidden)))
+    torch.nn.functional.linear(h, weight, model.mlm_bias).logsumexp(-1).sum().backward()
+    torch.testing.assert_close(grad, weight.grad)
+    # save / load keeps the tie: one tensor, so an update to one is the other
+    model.save_pretrained(tmp_path / "tied")
+    again = BertForPreTraining.from_pretrained(tmp_path / "tied")
+    again.load_state_dict(model.state_dict())
+    assert again.decoder_weight.data_ptr() == again.bert.embeddings.word_embeddings.weight.data_ptr()
     with torch.no_grad():
-        model.bert.embeddings.word_embeddings.weight[5].add_(1.0)
-    # the decoder sees the change because it is the same tensor
-    assert torch.equal(model.decoder_weight[5], model.bert.embeddings.word_embeddings.weight[5])
-    assert grad_before.abs().sum() > 0
+        again.bert.embeddings.word_embeddings.weight[5].add_(1.0)
+    assert torch.equal(again.decoder_weight[5], again.bert.embeddings.word_embeddings.weight[5])
 
 
 def test_initialisation_follows_bert():
@@ -222,3 +231,184 @@ def test_bare_bert_model_checkpoint_loads_with_fresh_heads(tmp_path):
     valid = mask.bool()
     assert (sequence - ref.last_hidden_state)[valid].abs().max() < 1e-4
     assert (pooled - ref.pooler_output).abs().max() < 1e-4
+
+
+def heavily_padded_batch(vocab: int, B: int = 6, T: int = 32, seed: int = 5):
+    """Lengths from 3 to T, most rows under half full, labels on 15% of the real tokens."""
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.tensor([3, T, 7, 12, 5, 16])[:B]
+    ids = torch.randint(1, vocab, (B, T), generator=g)
+    mask = (torch.arange(T)[None] < lengths[:, None]).long()
+    types = ((torch.arange(T)[None] >= (lengths[:, None] // 2)) & mask.bool()).long()
+    ids[mask == 0] = 0
+    labels = torch.full_like(ids, -100)
+    chosen = (torch.rand(B, T, generator=g) < 0.15) & mask.bool()
+    chosen[:, 0] = False
+    chosen[0, 1] = True  # every row has at least one
+    chosen[:, 1] |= True
+    labels[chosen] = ids[chosen]
+    nsp = torch.randint(0, 2, (B,), generator=g)
+    return ids, types, mask, labels, nsp
+
+
+@pytest.mark.parametrize("unpad_tokens", [True, False])
+def test_heavy_padding_parity_both_ways(tmp_path, unpad_tokens):
+    """Over half the tokens are padding: logits and loss still equal transformers' (< 1e-4)."""
+    torch.manual_seed(6)
+    ours = BertForPreTraining(tiny_config()).eval()
+    ours.bert.unpad_tokens = unpad_tokens
+    ours.save_pretrained(tmp_path / "ours")
+    theirs = transformers.BertForPreTraining.from_pretrained(tmp_path / "ours").eval()
+    ids, types, mask, labels, nsp = heavily_padded_batch(101)
+    assert mask.float().mean() < 0.5
+    with torch.no_grad():
+        dense = ours(ids, types, mask)
+        a = ours(ids, types, mask, masked_lm_labels=labels, next_sentence_labels=nsp)
+        b = theirs(
+            input_ids=ids,
+            token_type_ids=types,
+            attention_mask=mask,
+            labels=labels,
+            next_sentence_label=nsp,
+        )
+    valid = mask.bool()
+    assert (dense.mlm_logits - b.prediction_logits)[valid].abs().max() < 1e-4
+    assert (a.nsp_logits - b.seq_relationship_logits).abs().max() < 1e-4
+    torch.testing.assert_close(a.loss, b.loss, atol=1e-5, rtol=1e-5)
+
+    # transformers -> ours, with non-trivial biases and LayerNorms
+    with torch.no_grad():
+        for name, p in theirs.named_parameters():
+            if name.endswith("bias") or "LayerNorm" in name:
+                p.add_(0.1 * torch.randn_like(p))
+    theirs.save_pretrained(tmp_path / "hf")
+    back = BertForPreTraining.from_pretrained(tmp_path / "hf").eval()
+    back.bert.unpad_tokens = unpad_tokens
+    with torch.no_grad():
+        c = back(ids, types, mask)
+        d = theirs(input_ids=ids, token_type_ids=types, attention_mask=mask)
+    assert (c.mlm_logits - d.prediction_logits)[valid].abs().max() < 1e-4
+    assert (c.nsp_logits - d.seq_relationship_logits).abs().max() < 1e-4
+
+
+def test_unpadded_gradients_equal_padded_gradients():
+    """Training mode: the unpadded path gives the padded path's loss and every gradient."""
+    from bertcli.unpad import Unpadding
+
+    torch.manual_seed(7)
+    model = BertForPreTraining(tiny_config())
+    ids, types, mask, labels, nsp = heavily_padded_batch(101)
+    assert model.bert._unpadding(mask, None) is not None  # the CPU path really unpads
+    grads = []
+    for unpad_tokens in (False, True):
+        model.zero_grad()
+        model.bert.unpad_tokens = unpad_tokens
+        record = Unpadding.from_mask(mask) if unpad_tokens else None
+        out = model(
+            ids, types, mask, masked_lm_labels=labels, next_sentence_labels=nsp, unpadding=record
+        )
+        out.loss.backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grads[1][name], grad, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_unpad_pad_roundtrip_and_record():
+    from bertcli.unpad import Unpadding, pad, unpad
+
+    mask = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0], [1, 1, 1, 1]])
+    u = Unpadding.from_mask(mask)
+    assert u.indices.tolist() == [0, 1, 2, 4, 8, 9, 10, 11]
+    assert u.cu_seqlens.tolist() == [0, 3, 4, 8] and u.max_seqlen == 4 and not u.dense
+    x = torch.randn(3, 4, 5)
+    flat = unpad(x, u)
+    assert torch.equal(flat, x[mask.bool()])
+    back = pad(flat, u)
+    assert torch.equal(back[mask.bool()], x[mask.bool()])
+    assert back[~mask.bool()].abs().sum() == 0
+    assert Unpadding.from_mask(torch.ones(2, 3)).dense
+
+
+def test_static_positions_head_equals_sparse_head():
+    """The (B, P) gather gives the boolean-selected head's logits and loss, slot for slot."""
+    from bertcli.model import masked_positions
+
+    torch.manual_seed(0)
+    model = BertForPreTraining(tiny_config()).eval()
+    ids, types, mask, labels, nsp = padded_batch(101)
+    positions = masked_positions(labels, num_slots=6)
+    assert positions.tolist() == [
+        [1, 3, 9, 0, 0, 0],
+        [2, 10, 0, 0, 0, 0],
+        [4, 5, 12, 13, 0, 0],
+        [1, 0, 0, 0, 0, 0],
+    ]
+    with torch.no_grad():
+        sparse = model(ids, types, mask, masked_lm_labels=labels)
+        static = model(ids, types, mask, masked_lm_labels=labels, masked_lm_positions=positions)
+    assert static.mlm_logits.shape == (4, 6, 101)
+    filled = static.mlm_targets != -100
+    assert int(filled.sum()) == 10
+    torch.testing.assert_close(static.mlm_logits[filled], sparse.mlm_logits, atol=1e-5, rtol=1e-5)
+    assert torch.equal(static.mlm_targets[filled], sparse.mlm_targets)
+    torch.testing.assert_close(static.mlm_loss, sparse.mlm_loss, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("eps", [0.1, 0.3])
+def test_label_smoothing_matches_cross_entropy_by_hand(eps):
+    """(1 - eps) * NLL + eps * mean over the vocabulary of -log p, averaged over labelled slots."""
+    from bertcli.model import masked_positions
+
+    torch.manual_seed(0)
+    model = BertForPreTraining(tiny_config()).eval()
+    ids, types, mask, labels, nsp = padded_batch(101)
+    positions = masked_positions(labels, num_slots=5)
+    with torch.no_grad():
+        plain = model(ids, types, mask, masked_lm_labels=labels, masked_lm_positions=positions)
+        smooth = model(
+            ids,
+            types,
+            mask,
+            masked_lm_labels=labels,
+            masked_lm_positions=positions,
+            label_smoothing=eps,
+        )
+    filled = plain.mlm_targets != -100
+    logp = plain.mlm_logits[filled].log_softmax(-1)  # (N, V)
+    target = plain.mlm_targets[filled]
+    nll = -logp.gather(1, target[:, None]).squeeze(1)
+    by_hand = ((1 - eps) * nll - eps * logp.mean(-1)).mean()
+    torch.testing.assert_close(smooth.mlm_loss, by_hand, atol=1e-5, rtol=1e-5)
+    reference = torch.nn.functional.cross_entropy(
+        plain.mlm_logits[filled], target, label_smoothing=eps
+    )
+    torch.testing.assert_close(smooth.mlm_loss, reference, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(plain.mlm_loss, nll.mean(), atol=1e-5, rtol=1e-5)
+    assert smooth.mlm_loss > plain.mlm_loss  # an untrained model is far from uniform-smoothed
+
+
+def test_forward_and_loss_have_no_graph_breaks():
+    """torch._dynamo.explain over forward + loss (positions, NSP, smoothing): one graph."""
+    from bertcli.model import masked_positions
+
+    torch.manual_seed(0)
+    model = BertForPreTraining(tiny_config())
+    ids, types, mask, labels, nsp = heavily_padded_batch(101)
+    positions = masked_positions(labels, num_slots=8)
+
+    def step(ids, types, mask, labels, nsp, positions):
+        out = model(
+            ids,
+            types,
+            mask,
+            masked_lm_labels=labels,
+            next_sentence_labels=nsp,
+            masked_lm_positions=positions,
+            label_smoothing=0.1,
+        )
+        return out.loss
+
+    torch._dynamo.reset()
+    explanation = torch._dynamo.explain(step)(ids, types, mask, labels, nsp, positions)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    assert explanation.graph_count == 1
