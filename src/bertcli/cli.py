@@ -229,8 +229,10 @@ def build_tokenizer(
 
 @app.command("download")
 def download(
-    name: str = typer.Argument(
-        ..., help="Corpus: wikitext2, wikitext2-raw, wikitext103 or wikitext103-raw."
+    name: str | None = typer.Argument(
+        None,
+        help="A corpus (wikitext2, wikitext2-raw, wikitext103, wikitext103-raw) or a published "
+        "BERT checkpoint (bert-base-uncased, bert-large-cased … or any org/name Hub repo).",
     ),
     out: Path | None = typer.Option(None, help="Directory to fill (default: data/NAME)."),
     url: str | None = typer.Option(
@@ -238,19 +240,36 @@ def download(
     ),
     sha256: str | None = typer.Option(None, help="Expected sha256 of the archive."),
     retries: int = typer.Option(5, help="Retries per mirror for transient errors."),
+    revision: str | None = typer.Option(
+        None, help="Checkpoints: a branch, tag or commit of the Hub repo (default: main)."
+    ),
+    list_names: bool = typer.Option(
+        False, "--list", help="List the corpora and checkpoint names with their sizes."
+    ),
     json_output: bool = typer.Option(False, "--json", help="Print a JSON summary, no progress."),
 ) -> None:
-    """Download, verify and unpack a corpus to DIR/train.txt, valid.txt, test.txt.
+    """Download a corpus (verified, unpacked) or a BERT checkpoint into the Hugging Face cache.
 
     Example: bertcli download wikitext2 --out data/wikitext2
+
+    Example: bertcli download bert-base-uncased
     """
     from dataclasses import asdict
 
     from bertcli.console import make_reporter
+    from bertcli.download import REGISTRY
     from bertcli.download import download as fetch_corpus
 
     if retries < 0:
         raise UserError(f"--retries must be >= 0, got {retries}")
+    if list_names:
+        _list_downloads(json_output)
+        return
+    if name is None:
+        raise UserError("give a NAME to download; `bertcli download --list` shows them")
+    if name not in REGISTRY:  # not a corpus: a checkpoint on the Hugging Face Hub
+        _download_model(name, revision, out, url, sha256, json_output)
+        return
     result = fetch_corpus(
         name, out, url=url, sha256=sha256, reporter=make_reporter(json_output), retries=retries
     )
@@ -259,6 +278,50 @@ def download(
         if result.skipped
         else f"{name}: wrote {', '.join(result.files.values())}"
     )
+    _report(asdict(result), json_output, line)
+
+
+def _list_downloads(json_output: bool) -> None:
+    from bertcli.download import REGISTRY
+    from bertcli.hub import KNOWN_MODELS
+
+    rows = [
+        {"name": spec.name, "kind": "corpus", "size": spec.size, "description": spec.description}
+        for spec in REGISTRY.values()
+    ]
+    rows += [
+        {"name": name, "kind": "checkpoint", "size": size, "description": description}
+        for name, (size, description) in KNOWN_MODELS.items()
+    ]
+    width = max(len(row["name"]) for row in rows)
+    lines = [
+        f"{row['name']:<{width}}  {row['kind']:<10}  {row['size']:>8}  {row['description']}"
+        for row in rows
+    ]
+    lines.append("checkpoints: also any org/name BERT repo on the Hugging Face Hub")
+    _report({"downloads": rows}, json_output, "\n".join(lines))
+
+
+def _download_model(name, revision, out, url, sha256, json_output) -> None:
+    from dataclasses import asdict
+
+    from bertcli.console import make_reporter
+    from bertcli.download import REGISTRY
+    from bertcli.hub import fetch_model, is_model_name, known_names
+
+    if not is_model_name(name):
+        raise UserError(
+            f"unknown name {name!r}; corpora: {', '.join(REGISTRY)}; checkpoints: "
+            f"{known_names()} or any org/name BERT repo on the Hugging Face Hub"
+        )
+    for flag, value in (("--out", out), ("--url", url), ("--sha256", sha256)):
+        if value is not None:
+            raise UserError(
+                f"{flag} is for corpora; checkpoints go to the Hugging Face cache (HF_HOME, "
+                "HF_HUB_CACHE) from HF_ENDPOINT"
+            )
+    result = fetch_model(name, revision=revision, reporter=make_reporter(json_output))
+    line = f"{name}: {', '.join(result.files)} in {result.directory}"
     _report(asdict(result), json_output, line)
 
 
@@ -393,16 +456,38 @@ def pretrain(
     masked_lm_prob: float = typer.Option(0.15, help="Fraction of tokens to predict (text data)."),
     max_predictions_per_seq: int = typer.Option(20, help="Most predictions per example (text)."),
     whole_word_masking: bool = typer.Option(False, help="Mask whole words (text data)."),
+    short_seq_prob: float = typer.Option(
+        0.1,
+        help="Chance that an example targets a random shorter length (text data), in [0, 1]; "
+        "e.g. 0.1 as BERT.",
+    ),
     input_format: InputFormat = typer.Option(InputFormat.auto, help="How to read text data."),
+    hidden_dropout: float | None = typer.Option(
+        None,
+        help="Dropout on embeddings and layer outputs, in [0, 1); e.g. 0.0 for short runs "
+        "(default: the model config's, 0.1).",
+    ),
+    attention_dropout: float | None = typer.Option(
+        None,
+        help="Dropout on attention probabilities, in [0, 1); e.g. 0.0 (default: the model "
+        "config's, 0.1).",
+    ),
     optimizer: Optimizer = typer.Option(Optimizer.adamw, help="Optimizer."),
     lr: float = typer.Option(1e-4, help="Peak learning rate."),
     weight_decay: float = typer.Option(0.01, help="Weight decay (not on biases, LayerNorm)."),
     beta1: float = typer.Option(0.9, help="First-moment decay (momentum for SGD)."),
     beta2: float = typer.Option(0.999, help="Second-moment decay."),
+    eps: float = typer.Option(
+        1e-6, help="AdamW/LAMB epsilon added to the update's denominator, > 0; e.g. 1e-8."
+    ),
     lr_policy: LRPolicy = typer.Option(LRPolicy.warmup_annealing, help="Learning-rate schedule."),
     warmup_ratio: float = typer.Option(0.01, help="Warmup as a fraction of all steps."),
     warmup_steps: int | None = typer.Option(None, help="Warmup steps (overrides the ratio)."),
     min_lr: float = typer.Option(0.0, help="Floor of the decaying schedules."),
+    lr_power: float = typer.Option(
+        1.0,
+        help="Exponent of --lr-policy polynomial, > 0: 1 = linear decay, e.g. 2 decays faster.",
+    ),
     max_steps: int | None = typer.Option(None, help="Optimizer steps to run."),
     num_epochs: int | None = typer.Option(None, help="Or: passes over the training data."),
     batch_size: int = typer.Option(32, help="Sequences per device per micro-batch."),
@@ -419,6 +504,9 @@ def pretrain(
     log_every: int = typer.Option(10, help="Log metrics every N steps."),
     eval_every: int = typer.Option(0, help="Evaluate every N steps (0 = only at the end)."),
     eval_batches: int = typer.Option(0, help="Batches per evaluation (0 = all)."),
+    eval_batch_size: int | None = typer.Option(
+        None, help="Sequences per evaluation batch, >= 1; e.g. 128 (default: --batch-size)."
+    ),
     save_every: int = typer.Option(0, help="Save a checkpoint every N steps (0 = only at end)."),
     save_every_epochs: int = typer.Option(0, help="Save a checkpoint every N epochs."),
     keep_last: int = typer.Option(0, help="Keep only the newest K checkpoints (0 = all)."),
@@ -445,14 +533,17 @@ def pretrain(
         weight_decay=weight_decay,
         beta1=beta1,
         beta2=beta2,
+        eps=eps,
         lr_policy=lr_policy.value,
         warmup_ratio=warmup_ratio,
         warmup_steps=warmup_steps,
         min_lr=min_lr,
+        lr_power=lr_power,
         max_grad_norm=max_grad_norm,
         log_every=log_every,
         eval_every=eval_every,
         eval_batches=eval_batches,
+        eval_batch_size=eval_batch_size,
         save_every=save_every,
         save_every_epochs=save_every_epochs,
         keep_last=keep_last,
@@ -483,6 +574,9 @@ def pretrain(
         masked_lm_prob=masked_lm_prob,
         max_predictions_per_seq=max_predictions_per_seq,
         whole_word_masking=whole_word_masking,
+        short_seq_prob=short_seq_prob,
+        hidden_dropout=hidden_dropout,
+        attention_dropout=attention_dropout,
         input_format=input_format.value,
         device=device.value,
         precision=precision.value,
@@ -516,6 +610,15 @@ def evaluate(
     ),
     batch_size: int = typer.Option(32, help="Sequences per batch."),
     max_seq_length: int = typer.Option(128, help="Tokens per example (text data)."),
+    masked_lm_prob: float = typer.Option(
+        0.15, help="Fraction of tokens to predict (text data), in (0, 1); e.g. 0.15 as trained."
+    ),
+    max_predictions_per_seq: int = typer.Option(
+        20, help="Most predictions per example (text data), >= 1; e.g. 80 for 512 tokens."
+    ),
+    whole_word_masking: bool = typer.Option(
+        False, help="Mask whole words (text data), as a model trained with it."
+    ),
     max_batches: int = typer.Option(0, help="Stop after N batches (0 = all)."),
     seed: int = typer.Option(12345, help="Seed of the (static) text masks."),
     device: Device = typer.Option(Device.auto, help="auto = the local GPU if any."),
@@ -543,6 +646,9 @@ def evaluate(
             tokenizer=tokenizer,
             batch_size=batch_size,
             max_seq_length=max_seq_length,
+            masked_lm_prob=masked_lm_prob,
+            max_predictions_per_seq=max_predictions_per_seq,
+            whole_word_masking=whole_word_masking,
             seed=seed,
             max_batches=max_batches or None,
             reporter=make_reporter(json_output) if runtime.is_main else None,

@@ -42,9 +42,12 @@ class CorpusSpec:
     archive_sha256: str | None = None
     file_sha256: dict[str, str] = field(default_factory=dict)
     description: str = ""
+    size: str = ""  # of the download, for `bertcli download --list`
 
 
-def _wikitext(name: str, size: str, raw: bool, sums: dict[str, str] | None = None) -> CorpusSpec:
+def _wikitext(
+    name: str, size: str, raw: bool, sums: dict[str, str] | None = None, archive_size: str = ""
+) -> CorpusSpec:
     suffix = "raw" if raw else "tokens"
     archive = f"wikitext-{size}-{'raw-' if raw else ''}v1.zip"
     return CorpusSpec(
@@ -57,6 +60,7 @@ def _wikitext(name: str, size: str, raw: bool, sums: dict[str, str] | None = Non
         file_sha256=sums or {},
         description=f"WikiText-{size} ({'raw characters' if raw else 'tokenized, <unk>'}), "
         "Merity et al. 2016, CC BY-SA 3.0",
+        size=archive_size,
     )
 
 
@@ -68,10 +72,12 @@ WIKITEXT2_SHA256 = {
 }
 
 REGISTRY: dict[str, CorpusSpec] = {
-    "wikitext2": _wikitext("wikitext2", "2", raw=False, sums=WIKITEXT2_SHA256),
-    "wikitext2-raw": _wikitext("wikitext2-raw", "2", raw=True),
-    "wikitext103": _wikitext("wikitext103", "103", raw=False),
-    "wikitext103-raw": _wikitext("wikitext103-raw", "103", raw=True),
+    "wikitext2": _wikitext(
+        "wikitext2", "2", raw=False, sums=WIKITEXT2_SHA256, archive_size="4.5 MB"
+    ),
+    "wikitext2-raw": _wikitext("wikitext2-raw", "2", raw=True, archive_size="4.7 MB"),
+    "wikitext103": _wikitext("wikitext103", "103", raw=False, archive_size="190 MB"),
+    "wikitext103-raw": _wikitext("wikitext103-raw", "103", raw=True, archive_size="192 MB"),
 }
 
 

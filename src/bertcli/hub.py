@@ -1,0 +1,267 @@
+"""Published BERT checkpoints by name, fetched with `huggingface_hub` into its standard cache.
+
+`fetch_model("bert-base-uncased")` asks the Hub's own client for the few files a BERT checkpoint
+needs — `config.json`, `model.safetensors` (or `pytorch_model.bin` where a repo has none) and
+the tokenizer files — and returns the snapshot directory in the shared cache, so transformers
+finds the very same files and vice versa. The client reads `HF_HOME`, `HF_HUB_CACHE`,
+`HF_ENDPOINT`, `HF_HUB_OFFLINE` and `HF_TOKEN`; it resumes a cut transfer with HTTP Range and
+only renames a file into the cache once it is complete. Every failure becomes one `UserError`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from bertcli.console import Reporter
+from bertcli.errors import UserError
+
+CONFIG_FILE = "config.json"
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # first one the repo has
+TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json")  # each optional
+
+# Google's original checkpoints (their Hub names; org/name repos work too). Sizes are the fp32
+# weights file, which is nearly all of a download.
+KNOWN_MODELS: dict[str, tuple[str, str]] = {
+    "bert-base-uncased": ("440 MB", "BERT-base (110M), English, lower-cased"),
+    "bert-base-cased": ("436 MB", "BERT-base (108M), English, cased"),
+    "bert-large-uncased": ("1.34 GB", "BERT-large (335M), English, lower-cased"),
+    "bert-large-cased": ("1.33 GB", "BERT-large (333M), English, cased"),
+    "bert-large-uncased-whole-word-masking": ("1.34 GB", "BERT-large, whole-word masking"),
+    "bert-large-cased-whole-word-masking": ("1.33 GB", "BERT-large, cased, whole-word masking"),
+    "bert-base-chinese": ("412 MB", "BERT-base (102M), Chinese characters"),
+    "bert-base-multilingual-cased": ("714 MB", "BERT-base (178M), 104 languages, cased"),
+    "bert-base-multilingual-uncased": ("672 MB", "BERT-base (167M), 102 languages, uncased"),
+}
+
+# What the Hub accepts as a repo id: one optional namespace, then a name.
+_REPO_ID = re.compile(r"^(?:[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/)?[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
+
+
+@dataclass
+class ModelDownload:
+    """What `fetch_model` left in the cache."""
+
+    name: str
+    directory: str  # the snapshot directory: a transformers BERT directory
+    revision: str  # the commit it resolved to
+    files: list[str] = field(default_factory=list)
+    bytes: int = 0
+
+
+def is_model_name(value: str) -> bool:
+    """A known checkpoint name or an `org/name` repo id (callers check local paths first)."""
+    if value in KNOWN_MODELS:
+        return True
+    return "/" in value and bool(_REPO_ID.match(value)) and ".." not in value
+
+
+def known_names() -> str:
+    """The known checkpoint names, comma-separated, for error messages."""
+    return ", ".join(KNOWN_MODELS)
+
+
+def check_model_name(name: str) -> None:
+    """Refuse a name that is neither a known checkpoint nor an org/name repo id."""
+    if not is_model_name(name):
+        raise UserError(
+            f"unknown model {name!r}; known: {known_names()} (or any org/name BERT repo "
+            "on the Hugging Face Hub)"
+        )
+
+
+class _Bar:
+    """A tqdm stand-in that forwards the client's byte counts to a bertcli Reporter."""
+
+    def __init__(
+        self, reporter: Reporter, label: str, total: Any = None, initial: int = 0, **_: Any
+    ):
+        self.reporter = reporter
+        reporter.start(f"Downloading {label}", total=total, unit="bytes")
+        if initial:
+            reporter.advance(initial)
+
+    def update(self, n: float = 1) -> None:
+        """Count `n` more bytes (negative when the client restarts a file)."""
+        self.reporter.advance(n)
+
+    def close(self) -> None:
+        """End the bar."""
+        self.reporter.finish()
+
+    def __enter__(self) -> _Bar:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def _offline() -> bool:
+    from huggingface_hub import constants
+
+    return constants.is_offline_mode()
+
+
+def _endpoint() -> str:
+    from huggingface_hub import constants
+
+    return constants.ENDPOINT
+
+
+def _where_to_run(name: str) -> str:
+    return (
+        f"run `bertcli download {name}` where there is a network (with the same HF_HOME / "
+        "HF_HUB_CACHE, or copy that cache here)"
+    )
+
+
+def _get(
+    name: str,
+    filename: str,
+    revision: str | None,
+    reporter: Reporter,
+    local_only: bool,
+    optional: bool = False,
+) -> Path:
+    """One file through the client; its errors become one line.
+
+    A file the repo lacks raises `EntryNotFoundError` for the caller to skip; so does an
+    `optional` file missing from the cache when the network is off limits.
+    """
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        GatedRepoError,
+        HfHubHTTPError,
+        HTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    try:
+        return Path(
+            hf_hub_download(
+                name,
+                filename,
+                revision=revision,
+                tqdm_class=partial(_Bar, reporter, f"{name}/{filename}"),  # type: ignore[arg-type]
+                local_files_only=local_only,
+            )
+        )
+    except LocalEntryNotFoundError as exc:
+        offline = local_only or _offline()
+        if optional and offline:
+            raise
+        if offline:
+            raise UserError(
+                f"{name}: {filename} is not in the Hugging Face cache and the network is off "
+                f"({'HF_HUB_OFFLINE is set' if _offline() else 'cache only'}); "
+                + _where_to_run(name)
+            ) from None
+        cause = exc.__cause__
+        why = (
+            f"the Hub answered HTTP {cause.response.status_code}"
+            if isinstance(cause, HfHubHTTPError) and cause.response is not None
+            else f"cannot reach {_endpoint()}"
+        )
+        raise UserError(
+            f"{name}: {why} and {filename} is not cached; " + _where_to_run(name)
+        ) from None
+    except GatedRepoError:
+        raise UserError(
+            f"{name} is gated: accept its terms on the Hub and set HF_TOKEN to a token that may "
+            "read it"
+        ) from None
+    except RepositoryNotFoundError:
+        hint = "" if name in KNOWN_MODELS else f"; known: {known_names()}"
+        raise UserError(
+            f"{name}: no such model repo on {_endpoint()} (or it is private: set HF_TOKEN){hint}"
+        ) from None
+    except RevisionNotFoundError:
+        raise UserError(f"{name}: no revision {revision!r} on the Hub") from None
+    except EntryNotFoundError:
+        raise
+    except HfHubHTTPError as exc:
+        status = exc.response.status_code if exc.response is not None else "?"
+        raise UserError(f"{name}: the Hub answered HTTP {status} for {filename}") from None
+    except HTTPError as exc:
+        raise UserError(
+            f"{name}: download of {filename} failed ({type(exc).__name__}: {exc}); run again "
+            "to retry"
+        ) from None
+    except OSError as exc:  # a full disk, an unwritable cache, a size mismatch
+        raise UserError(f"{name}: could not store {filename} ({exc})") from None
+
+
+def _model_type(config_path: Path, name: str) -> str:
+    try:
+        data = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise UserError(f"{name}: its {CONFIG_FILE} is not JSON") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{name}: its {CONFIG_FILE} is not a JSON object")
+    return str(data.get("model_type", "bert"))
+
+
+def fetch_model(
+    name: str,
+    revision: str | None = None,
+    reporter: Reporter | None = None,
+    local_only: bool = False,
+) -> ModelDownload:
+    """Config, weights and tokenizer files of a BERT repo into the HF cache; cached files stay.
+
+    `local_only` never touches the network (for ranks that wait for rank 0's download).
+    """
+    from huggingface_hub.errors import EntryNotFoundError
+
+    reporter = reporter or Reporter()
+    check_model_name(name)
+    config = _get(name, CONFIG_FILE, revision, reporter, local_only)
+    model_type = _model_type(config, name)
+    if model_type != "bert":
+        raise UserError(
+            f"{name} is not a BERT model (its config.json says model_type {model_type!r}); "
+            "bertcli trains BERT checkpoints only"
+        )
+    # every later file comes from the same commit, even if the branch moves meanwhile
+    commit = config.parent.name
+    files = [config]
+    for weights in WEIGHT_FILES:
+        try:
+            files.append(_get(name, weights, commit, reporter, local_only, optional=True))
+            break
+        except EntryNotFoundError:
+            continue
+    else:
+        if local_only or _offline():
+            raise UserError(f"{name}: its weights are not in the cache; " + _where_to_run(name))
+        raise UserError(
+            f"{name} has neither {' nor '.join(WEIGHT_FILES)} (TensorFlow-only repos are not read)"
+        )
+    for extra in TOKENIZER_FILES:
+        try:
+            files.append(_get(name, extra, commit, reporter, local_only, optional=True))
+        except EntryNotFoundError:
+            pass  # a repo may ship only some of them
+    return ModelDownload(
+        name=name,
+        directory=str(config.parent),
+        revision=commit,
+        files=[p.name for p in files],
+        bytes=sum(os.path.getsize(p) for p in files),
+    )
+
+
+def cached_model(name: str) -> Path | None:
+    """The snapshot directory of `name` if the cache already holds its config and weights."""
+    try:
+        return Path(fetch_model(name, local_only=True).directory)
+    except UserError:
+        return None
