@@ -24,7 +24,7 @@ _bertcli() {
             case "$prev" in
                 --out) COMPREPLY=($(compgen -f -- "$cur")); return ;;
             esac
-            COMPREPLY=($(compgen -W '--out --url --sha256 --retries --json --help' -- "$cur"))
+            COMPREPLY=($(compgen -W '--out --url --sha256 --retries --revision --list --json --help' -- "$cur"))
             ;;
         evaluate)
             case "$prev" in
@@ -35,7 +35,7 @@ _bertcli() {
                 --device) COMPREPLY=($(compgen -W 'auto cpu cuda' -- "$cur")); return ;;
                 --precision) COMPREPLY=($(compgen -W 'auto fp32 bf16 fp16' -- "$cur")); return ;;
             esac
-            COMPREPLY=($(compgen -W '--checkpoint --data-text --data-preprocessed --tokenizer --batch-size --max-seq-length --max-batches --seed --device --precision --json --help' -- "$cur"))
+            COMPREPLY=($(compgen -W '--checkpoint --data-text --data-preprocessed --tokenizer --batch-size --max-seq-length --masked-lm-prob --max-predictions-per-seq --whole-word-masking --no-whole-word-masking --max-batches --seed --device --precision --json --help' -- "$cur"))
             ;;
         export-config)
             case "$prev" in
@@ -70,7 +70,7 @@ _bertcli() {
                 --device) COMPREPLY=($(compgen -W 'auto cpu cuda' -- "$cur")); return ;;
                 --out) COMPREPLY=($(compgen -f -- "$cur")); return ;;
             esac
-            COMPREPLY=($(compgen -W '--data-text --data-preprocessed --train-data --eval-data --tokenizer --vocab-file --vocab-size --preset --num-hidden-layers --hidden-size --num-attention-heads --intermediate-size --hidden-act --config-file --init-from --nsp --no-nsp --max-seq-length --masked-lm-prob --max-predictions-per-seq --whole-word-masking --no-whole-word-masking --input-format --optimizer --lr --weight-decay --beta1 --beta2 --lr-policy --warmup-ratio --warmup-steps --min-lr --max-steps --num-epochs --batch-size --batches-per-step --max-grad-norm --precision --device --compile --num-workers --seed --out --log-every --eval-every --eval-batches --save-every --save-every-epochs --keep-last --resume --json --help' -- "$cur"))
+            COMPREPLY=($(compgen -W '--data-text --data-preprocessed --train-data --eval-data --tokenizer --vocab-file --vocab-size --preset --num-hidden-layers --hidden-size --num-attention-heads --intermediate-size --hidden-act --config-file --init-from --init-optimizer-from --nsp --no-nsp --max-seq-length --masked-lm-prob --max-predictions-per-seq --whole-word-masking --no-whole-word-masking --short-seq-prob --input-format --hidden-dropout --attention-dropout --optimizer --lr --weight-decay --beta1 --beta2 --eps --lr-policy --warmup-ratio --warmup-steps --min-lr --lr-power --max-steps --num-epochs --batch-size --batches-per-step --max-grad-norm --precision --device --compile --num-workers --seed --out --log-every --eval-every --eval-batches --eval-batch-size --save-every --save-every-epochs --keep-last --resume --allow-changes --json --help' -- "$cur"))
             ;;
     esac
 }

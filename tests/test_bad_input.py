@@ -6,9 +6,11 @@ no traceback, and leave nothing at the output path that looks complete.
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from bertcli.config import BertConfig
+from bertcli.data.shards import ShardArrays, write_shard
 from bertcli.model import BertForPreTraining
 from bertcli.tokenizer import train_tokenizer
 from tests.conftest import WIKITEXT2, require
@@ -34,7 +36,40 @@ def files(tmp_path_factory):
     (root / "corrupt" / "model.safetensors").write_bytes(b"\x00garbage" * 100)
     (root / "config_only").mkdir()
     BertConfig(vocab_size=1000, **cfg).save(root / "config_only" / "config.json")
+    (root / "shard_ok").mkdir()
+    write_shard(root / "shard_ok" / "training_00000.hdf5", _valid_shard_arrays())
+    for name, (key, where, value, attrs) in BAD_SHARDS.items():
+        arrays = _valid_shard_arrays()
+        getattr(arrays, key)[where] = value
+        (root / name).mkdir()
+        write_shard(root / name / "training_00000.hdf5", arrays, attrs=attrs)
     return root
+
+
+def _valid_shard_arrays(n: int = 12, seq: int = 16, pred: int = 3) -> ShardArrays:
+    """A shard any 1000-token model can train on: ids < 1000, positions inside the sequence."""
+    gen = np.random.default_rng(0)
+    return ShardArrays(
+        input_ids=gen.integers(5, 1000, (n, seq)).astype(np.int32),
+        input_mask=np.ones((n, seq), np.int8),
+        segment_ids=np.repeat([[0] * 8 + [1] * 8], n, axis=0).astype(np.int8),
+        masked_lm_positions=np.tile([1, 4, 9], (n, 1)).astype(np.int32),
+        masked_lm_ids=gen.integers(5, 1000, (n, pred)).astype(np.int32),
+        next_sentence_labels=gen.integers(0, 2, n).astype(np.int8),
+    )
+
+
+# shard directory -> (dataset, index, bad value, header attributes)
+BAD_SHARDS = {
+    "shard_vocab_header": ("input_ids", (0, 0), 5, {"vocab_size": 30522}),
+    "shard_id_large": ("input_ids", (3, 5), 1500, None),
+    "shard_label_large": ("masked_lm_ids", (7, 2), 4000, None),
+    "shard_id_negative": ("input_ids", (2, 2), -7, None),
+    "shard_pos_beyond": ("masked_lm_positions", (1, 2), 40, None),
+    "shard_pos_negative": ("masked_lm_positions", (0, 0), -3, None),
+    "shard_segment_2": ("segment_ids", (4, 12), 2, None),
+    "shard_nsp_2": ("next_sentence_labels", (5,), 2, None),
+}
 
 
 BT = ["build-tokenizer", "--out", "{out}"]
@@ -53,6 +88,22 @@ PT = [
 ]
 PT_ARGS = ["--train-data", "{d}/corpus.txt"]
 EV = ["evaluate", "--checkpoint", "{d}/ckpt", "--tokenizer", "{d}/tok"]
+PTP = [
+    "pretrain",
+    "--data-preprocessed",
+    "--tokenizer",
+    "{d}/tok",
+    "--preset",
+    "tiny",
+    "--max-steps",
+    "2",
+    "--batch-size",
+    "4",
+    "--out",
+    "{out}",
+    "--train-data",
+]
+EVP = ["evaluate", "--checkpoint", "{d}/ckpt", "--batch-size", "4", "--data-preprocessed"]
 
 CASES = {
     # build-tokenizer
@@ -197,7 +248,39 @@ CASES = {
         "holds no *.hdf5",
     ),
     "pt-bad-heads": (PT + PT_ARGS + ["--num-attention-heads", "3"], "divisible"),
+    "pt-shard-vocab-header": (
+        PTP + ["{d}/shard_vocab_header"],
+        "training_00000.hdf5: preprocessed with a 30,522-token vocabulary; this model has 1,000",
+    ),
+    "pt-shard-id-large": (
+        PTP + ["{d}/shard_id_large"],
+        "input_ids holds 1,500 (example 3), but ids must be below 1,000; likely preprocessed "
+        "with a larger vocabulary",
+    ),
+    "pt-shard-label-large": (PTP + ["{d}/shard_label_large"], "masked_lm_ids holds 4,000"),
+    "pt-shard-id-negative": (PTP + ["{d}/shard_id_negative"], "input_ids holds -7"),
+    "pt-shard-pos-beyond": (
+        PTP + ["{d}/shard_pos_beyond"],
+        "masked_lm_positions holds 40 (example 1), but positions must be below the sequence "
+        "length 16",
+    ),
+    "pt-shard-pos-negative": (PTP + ["{d}/shard_pos_negative"], "masked_lm_positions holds -3"),
+    "pt-shard-segment-2": (PTP + ["{d}/shard_segment_2"], "segment_ids holds 2 (example 4)"),
+    "pt-shard-nsp-2": (PTP + ["{d}/shard_nsp_2"], "next_sentence_labels holds 2 (example 5)"),
+    "pt-shard-eval-bad": (
+        PTP + ["{d}/shard_ok", "--eval-data", "{d}/shard_nsp_2"],
+        "next_sentence_labels holds 2",
+    ),
     "pt-out-is-file": (PT[:-1] + ["{d}/corpus.txt"] + PT_ARGS, "not a directory"),
+    "pt-eps-zero": (PT + PT_ARGS + ["--eps", "0"], "--eps"),
+    "pt-lr-power-zero": (PT + PT_ARGS + ["--lr-power", "0"], "--lr-power"),
+    "pt-short-seq-prob": (PT + PT_ARGS + ["--short-seq-prob", "1.5"], "--short-seq-prob"),
+    "pt-hidden-dropout": (PT + PT_ARGS + ["--hidden-dropout", "1"], "--hidden-dropout"),
+    "pt-attention-dropout": (
+        PT + PT_ARGS + ["--attention-dropout", "-0.1"],
+        "--attention-dropout",
+    ),
+    "pt-eval-batch-size-zero": (PT + PT_ARGS + ["--eval-batch-size", "0"], "--eval-batch-size"),
     # evaluate
     "ev-not-a-dir": (
         ["evaluate", "--checkpoint", "{d}/corpus.txt", "--data-text", "{d}/corpus.txt"],
@@ -215,6 +298,14 @@ CASES = {
     "ev-missing-data": (EV + ["--data-text", "{d}/nope.txt"], "no such file"),
     "ev-binary-data": (EV + ["--data-text", "{d}/binary.bin"], "binary"),
     "ev-batch-zero": (EV + ["--data-text", "{d}/corpus.txt", "--batch-size", "0"], "--batch-size"),
+    "ev-masked-lm-prob": (
+        EV + ["--data-text", "{d}/corpus.txt", "--masked-lm-prob", "1"],
+        "--masked-lm-prob",
+    ),
+    "ev-max-pred-zero": (
+        EV + ["--data-text", "{d}/corpus.txt", "--max-predictions-per-seq", "0"],
+        "--max-predictions-per-seq",
+    ),
     "ev-mismatch": (
         [
             "evaluate",
@@ -239,6 +330,14 @@ CASES = {
         ],
         "unreadable safetensors",
     ),
+    "ev-shard-vocab-header": (
+        EVP + ["{d}/shard_vocab_header"],
+        "preprocessed with a 30,522-token vocabulary; this model has 1,000",
+    ),
+    "ev-shard-label-large": (EVP + ["{d}/shard_label_large"], "masked_lm_ids holds 4,000"),
+    "ev-shard-pos-negative": (EVP + ["{d}/shard_pos_negative"], "masked_lm_positions holds -3"),
+    "ev-shard-segment-2": (EVP + ["{d}/shard_segment_2"], "segment_ids holds 2"),
+    "ev-shard-nsp-2": (EVP + ["{d}/shard_nsp_2"], "next_sentence_labels holds 2"),
     "ev-shards-missing": (
         ["evaluate", "--checkpoint", "{d}/ckpt", "--data-preprocessed", "{d}/plain_dir"],
         "holds no *.hdf5",

@@ -449,7 +449,14 @@ def pretrain(
     hidden_act: str | None = typer.Option(None, help="Override: activation (gelu, relu …)."),
     config_file: Path | None = typer.Option(None, help="A transformers BERT config.json."),
     init_from: str | None = typer.Option(
-        None, help="Start from pretrained weights: a checkpoint directory or a cached HF name."
+        None,
+        help="Start from pretrained weights: a checkpoint or run directory, or a Hub name "
+        "(bert-base-uncased, org/name; downloaded on first use, with its tokenizer).",
+    ),
+    init_optimizer_from: str | None = typer.Option(
+        None,
+        help="Phase 2: also carry the optimizer state and step count of this bertcli "
+        "checkpoint or run dir (usually the --init-from one); the LR schedule starts anew.",
     ),
     nsp: bool = typer.Option(True, "--nsp/--no-nsp", help="Train next-sentence prediction."),
     max_seq_length: int = typer.Option(128, help="Tokens per example (text data)."),
@@ -509,8 +516,22 @@ def pretrain(
     ),
     save_every: int = typer.Option(0, help="Save a checkpoint every N steps (0 = only at end)."),
     save_every_epochs: int = typer.Option(0, help="Save a checkpoint every N epochs."),
-    keep_last: int = typer.Option(0, help="Keep only the newest K checkpoints (0 = all)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint."),
+    keep_last: int = typer.Option(
+        0,
+        help="Keep only the newest K checkpoints (0 = all); the disk needs room for K + 1 "
+        "(the next one is written before the oldest is deleted).",
+    ),
+    resume: bool = typer.Option(
+        False,
+        "--resume",
+        help="Continue from the newest complete checkpoint (a damaged one is skipped).",
+    ),
+    allow_changes: bool = typer.Option(
+        False,
+        "--allow-changes",
+        help="--resume with a changed batch size, sequence length, data, optimizer, world size "
+        "or precision (refused otherwise).",
+    ),
     json_output: bool = typer.Option(False, "--json", help="Print a JSON summary, no progress."),
 ) -> None:
     """Pretrain BERT with masked-LM (+ next-sentence) loss; DDP under torchrun.
@@ -547,6 +568,7 @@ def pretrain(
         save_every=save_every,
         save_every_epochs=save_every_epochs,
         keep_last=keep_last,
+        allow_changes=allow_changes,
         seed=seed,
         nsp=nsp,
         compile=compile,
@@ -570,6 +592,7 @@ def pretrain(
         ),
         config_file=config_file,
         init_from=init_from,
+        init_optimizer_from=init_optimizer_from,
         max_seq_length=max_seq_length,
         masked_lm_prob=masked_lm_prob,
         max_predictions_per_seq=max_predictions_per_seq,

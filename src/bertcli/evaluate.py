@@ -79,6 +79,16 @@ def check_vocab(tokenizer: BertTokenizer, vocab_size: int, source: str) -> None:
         )
 
 
+def check_positions(length: int, max_position_embeddings: int, what: str, source: str) -> None:
+    """The one check that sequences fit a model's position table (pretrain and evaluate)."""
+    if length > max_position_embeddings:
+        raise UserError(
+            f"{what} {length} exceeds max_position_embeddings {max_position_embeddings} of "
+            f"{source}; use sequences of at most {max_position_embeddings} tokens or a model "
+            "with more positions"
+        )
+
+
 def evaluate_checkpoint(
     checkpoint: str | Path,
     runtime: Runtime,
@@ -89,6 +99,9 @@ def evaluate_checkpoint(
     max_seq_length: int = 128,
     seed: int = 12345,
     max_batches: int | None = None,
+    masked_lm_prob: float = 0.15,
+    max_predictions_per_seq: int = 20,
+    whole_word_masking: bool = False,
     reporter: Reporter | None = None,
 ) -> dict[str, float | int]:
     """Load any bertcli or transformers BERT directory and evaluate it."""
@@ -105,20 +118,27 @@ def evaluate_checkpoint(
     config = model.config
     if data_preprocessed is not None:
         dataset = PreprocessedDataset(data_preprocessed, flag="--data-preprocessed")
-        if dataset.max_seq_length > config.max_position_embeddings:
-            raise UserError(
-                f"shards have sequences of {dataset.max_seq_length} tokens, more than the "
-                f"model's max_position_embeddings {config.max_position_embeddings}"
-            )
+        check_positions(
+            dataset.max_seq_length,
+            config.max_position_embeddings,
+            "--data-preprocessed holds sequences of",
+            str(checkpoint),
+        )
+        dataset.check_vocab(config.vocab_size)
     else:
-        if max_seq_length > config.max_position_embeddings:
-            raise UserError(
-                f"--max-seq-length {max_seq_length} exceeds the model's max_position_embeddings "
-                f"{config.max_position_embeddings}"
-            )
+        check_positions(
+            max_seq_length, config.max_position_embeddings, "--max-seq-length", str(checkpoint)
+        )
         tok = checkpoint_tokenizer(checkpoint, tokenizer)
         check_vocab(tok, config.vocab_size, str(checkpoint))
         dataset = TextDataset(
-            data_text, tok, max_seq_length=max_seq_length, seed=seed, flag="--data-text"
+            data_text,
+            tok,
+            max_seq_length=max_seq_length,
+            masked_lm_prob=masked_lm_prob,
+            max_predictions_per_seq=max_predictions_per_seq,
+            whole_word_masking=whole_word_masking,
+            seed=seed,
+            flag="--data-text",
         )
     return evaluate_model(model, dataset, batch_size, runtime, max_batches, reporter)

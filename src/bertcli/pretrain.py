@@ -6,9 +6,9 @@ or not); the loop itself is `train.trainer.Trainer`.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
-import os
 import platform
 import time
 from dataclasses import asdict, dataclass, field
@@ -20,15 +20,18 @@ import torch
 import torch.distributed as dist
 
 from bertcli import __version__
+from bertcli.atomic import write_text_atomic
 from bertcli.config import BertConfig
 from bertcli.console import Reporter
 from bertcli.data.datasets import PreprocessedDataset, TextDataset
 from bertcli.errors import UserError
-from bertcli.evaluate import check_vocab
+from bertcli.evaluate import check_positions, check_vocab
 from bertcli.hf import is_checkpoint_dir, load_config, load_pretrained
+from bertcli.hub import cached_model, fetch_model, is_model_name, known_names
 from bertcli.model import BertForPreTraining
 from bertcli.tokenizer import BertTokenizer, load_tokenizer, tokenizer_from_vocab, train_tokenizer
-from bertcli.train.checkpoint import latest_checkpoint, resolve_checkpoint
+from bertcli.train.checkpoint import STATE_FILE, resolve_checkpoint
+from bertcli.train.rundir import check_shared_file, claim_run_dir
 from bertcli.train.runtime import Runtime, init_runtime, shutdown
 from bertcli.train.trainer import TrainConfig, Trainer
 
@@ -50,11 +53,14 @@ class PretrainConfig:
     model_overrides: dict[str, Any] = field(default_factory=dict)
     config_file: Path | None = None
     init_from: str | None = None
+    init_optimizer_from: str | None = None  # phase 2: optimizer state + step of a checkpoint
     max_seq_length: int = 128
     masked_lm_prob: float = 0.15
     max_predictions_per_seq: int = 20
     short_seq_prob: float = 0.1
     whole_word_masking: bool = False
+    hidden_dropout: float | None = None  # None: the model config's
+    attention_dropout: float | None = None
     input_format: str = "auto"
     device: str = "auto"
     precision: str = "auto"
@@ -72,6 +78,19 @@ class PretrainConfig:
             raise UserError("--resume needs --out DIR (the run to continue)")
         if self.tokenizer is not None and self.vocab_file is not None:
             raise UserError("give --tokenizer or --vocab-file, not both")
+        if self.init_optimizer_from is not None and self.init_from is None:
+            raise UserError(
+                "--init-optimizer-from needs --init-from (the weights its optimizer state "
+                "belongs to, usually the same checkpoint)"
+            )
+        if not 0.0 <= self.short_seq_prob <= 1.0:
+            raise UserError(f"--short-seq-prob must be in [0, 1], got {self.short_seq_prob}")
+        for flag, value in (
+            ("--hidden-dropout", self.hidden_dropout),
+            ("--attention-dropout", self.attention_dropout),
+        ):
+            if value is not None and not 0.0 <= value < 1.0:
+                raise UserError(f"{flag} must be in [0, 1), got {value}")
 
 
 def sample_corpus() -> tuple[Path, Path]:
@@ -99,38 +118,54 @@ def resolve_data(config: PretrainConfig, log: Reporter) -> tuple[list[Path], lis
     return [train], config.eval_data or [valid]
 
 
-def find_hf_cached_model(name: str) -> Path | None:
-    """A model name (e.g. bert-base-uncased) in the local Hugging Face hub cache, if present."""
-    hub = os.environ.get("HF_HUB_CACHE") or os.path.join(
-        os.environ.get("HF_HOME", os.path.expanduser("~/.cache/huggingface")), "hub"
-    )
-    repo = Path(hub) / ("models--" + name.replace("/", "--"))
-    snapshots = repo / "snapshots"
-    if not snapshots.is_dir():
-        return None
-    ref = repo / "refs" / "main"
-    if ref.is_file() and is_checkpoint_dir(snapshots / ref.read_text().strip()):
-        return snapshots / ref.read_text().strip()
-    candidates = sorted(
-        (p for p in snapshots.iterdir() if is_checkpoint_dir(p)), key=lambda p: p.stat().st_mtime
-    )
-    return candidates[-1] if candidates else None
+def resolve_init_from(
+    value: str, runtime: Runtime | None = None, log: Reporter | None = None
+) -> Path:
+    """A checkpoint dir, a run dir (its newest checkpoint), or a Hub model name.
 
-
-def resolve_init_from(value: str) -> Path:
-    """A checkpoint dir, a run dir (its newest checkpoint), or a model name in the HF cache."""
+    A name is fetched into the Hugging Face cache on first use (`bertcli.hub`); under torchrun
+    rank 0 downloads while the others wait, then they read its files from the cache.
+    """
     path = resolve_checkpoint(value)
     if path.exists():
         if not path.is_dir() or not is_checkpoint_dir(path):
             raise UserError(f"--init-from {value} is not a BERT checkpoint directory")
         return path
-    cached = find_hf_cached_model(value)
-    if cached is None:
+    if not is_model_name(value):
         raise UserError(
-            f"--init-from {value}: not a local directory and not in the Hugging Face cache; "
-            "pass a local directory with config.json and model.safetensors"
+            f"--init-from {value}: no such directory, and not a model name (known: "
+            f"{known_names()}; or any org/name BERT repo on the Hugging Face Hub)"
         )
-    return cached
+    main = runtime is None or runtime.is_main
+    outcome: list[str | None] = [None]  # rank 0's error, if any, so no rank waits forever
+    if main:
+        try:
+            snapshot = fetch_model(value, reporter=log).directory
+        except UserError as exc:
+            outcome = [str(exc)]
+    if runtime is not None and runtime.distributed:
+        dist.broadcast_object_list(outcome, src=0)
+    if outcome[0] is not None:
+        raise UserError(f"--init-from {outcome[0]}")
+    if not main:  # rank 0's files, unless this node has its own cache: then fetch them here
+        cached = cached_model(value)
+        snapshot = str(cached) if cached is not None else fetch_model(value).directory
+    if log is not None:
+        log.log(f"--init-from {value}: {snapshot}")
+    return Path(snapshot)
+
+
+def _optimizer_checkpoint(value: str | None) -> Path | None:
+    """--init-optimizer-from: a bertcli checkpoint (or run dir) with its trainer state."""
+    if value is None:
+        return None
+    path = resolve_checkpoint(value)
+    if not (path / STATE_FILE).is_file():
+        raise UserError(
+            f"--init-optimizer-from {value}: no {STATE_FILE} there (only bertcli checkpoints "
+            "carry optimizer state)"
+        )
+    return path
 
 
 def _tokenizer(config: PretrainConfig, runtime: Runtime, out: Path, train_files, log, sources):
@@ -160,7 +195,7 @@ def _tokenizer(config: PretrainConfig, runtime: Runtime, out: Path, train_files,
             reporter=log,
             exact=False,
         )
-    runtime.barrier()
+    check_shared_file(runtime, built / "tokenizer.json")  # rank 0 built it: all must see it
     return load_tokenizer(built)
 
 
@@ -187,6 +222,21 @@ def _model_config(config: PretrainConfig, tokenizer: BertTokenizer | None, init_
     return model_config
 
 
+def _with_dropout(model: BertForPreTraining, config: PretrainConfig) -> BertForPreTraining:
+    """--hidden-dropout/--attention-dropout over any model (fresh, --init-from or resumed)."""
+    overrides = {
+        "hidden_dropout_prob": config.hidden_dropout,
+        "attention_probs_dropout_prob": config.attention_dropout,
+    }
+    if all(v is None for v in overrides.values()):
+        return model
+    # dropout changes no weight: rebuild with the new config and carry the weights over
+    rebuilt = BertForPreTraining(model.config.with_overrides(**overrides))
+    rebuilt.load_state_dict(model.state_dict())
+    rebuilt.fresh_heads = getattr(model, "fresh_heads", [])
+    return rebuilt
+
+
 def _out_dir(config: PretrainConfig, runtime: Runtime) -> Path:
     if config.out is not None:
         return Path(config.out)
@@ -201,25 +251,24 @@ def run_pretraining(config: PretrainConfig, reporter: Reporter | None = None) ->
     runtime = init_runtime(config.device, config.precision)
     log = reporter if (reporter is not None and runtime.is_main) else Reporter()
     try:
-        return _run(config, runtime, log)
+        with contextlib.ExitStack() as cleanup:  # the run dir's lock, released on any exit
+            return _run(config, runtime, log, cleanup)
     finally:
         gc.collect()  # DDP's reducer must go before its process group (gloo aborts otherwise)
         shutdown(runtime)
 
 
-def _run(config: PretrainConfig, runtime: Runtime, log: Reporter) -> dict[str, Any]:
+def _run(
+    config: PretrainConfig, runtime: Runtime, log: Reporter, cleanup: contextlib.ExitStack
+) -> dict[str, Any]:
     out = _out_dir(config, runtime)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a directory")
-    resume_dir = None
-    if config.resume:
-        resume_dir = latest_checkpoint(out / "checkpoints")
-        if resume_dir is None:
-            raise UserError(f"--resume: no complete checkpoint in {out / 'checkpoints'}")
-        log.log(f"resuming from {resume_dir}")
-    elif (out / "checkpoints").is_dir() and latest_checkpoint(out / "checkpoints"):
-        raise UserError(f"--out {out} already holds checkpoints; pass --resume or a new --out")
-    init_dir = resolve_init_from(config.init_from) if config.init_from else None
+    # rank 0 locks the run dir, sweeps debris and picks the checkpoint; every rank agrees
+    lock, resume_dir = claim_run_dir(out, runtime, log, config.resume)
+    if lock is not None:
+        cleanup.callback(lock.release)
+    init_dir = resolve_init_from(config.init_from, runtime, log) if config.init_from else None
     train_files, eval_files = resolve_data(config, log)
     tokenizer = _tokenizer(config, runtime, out, train_files, log, [resume_dir, init_dir])
     model_config = _model_config(config, tokenizer, init_dir, resume_dir)
@@ -227,12 +276,12 @@ def _run(config: PretrainConfig, runtime: Runtime, log: Reporter) -> dict[str, A
         check_vocab(tokenizer, model_config.vocab_size, "the model config")
 
     torch.manual_seed(config.train.seed)
+    # where the position table comes from, for the one-line length error
+    source = str(resume_dir or init_dir or config.config_file or f"--preset {config.preset}")
     if config.data_mode == "text":
-        if config.max_seq_length > model_config.max_position_embeddings:
-            raise UserError(
-                f"--max-seq-length {config.max_seq_length} exceeds max_position_embeddings "
-                f"{model_config.max_position_embeddings}"
-            )
+        check_positions(
+            config.max_seq_length, model_config.max_position_embeddings, "--max-seq-length", source
+        )
         options = dict(
             max_seq_length=config.max_seq_length,
             masked_lm_prob=config.masked_lm_prob,
@@ -255,11 +304,15 @@ def _run(config: PretrainConfig, runtime: Runtime, log: Reporter) -> dict[str, A
         train_data = PreprocessedDataset(train_files[0], seed=config.train.seed)
         eval_data = PreprocessedDataset(eval_files[0], flag="--eval-data") if eval_files else None
         for data in (train_data, eval_data):
-            if data is not None and data.max_seq_length > model_config.max_position_embeddings:
-                raise UserError(
-                    f"shards hold {data.max_seq_length}-token sequences, more than "
-                    f"max_position_embeddings {model_config.max_position_embeddings}"
+            if data is not None:
+                check_positions(
+                    data.max_seq_length,
+                    model_config.max_position_embeddings,
+                    "the shards hold sequences of",
+                    source,
                 )
+            if data is not None:  # headers now, before any step; ids as each shard opens
+                data.check_vocab(model_config.vocab_size)
 
     if resume_dir is not None:
         model = load_pretrained(resume_dir)
@@ -272,6 +325,8 @@ def _run(config: PretrainConfig, runtime: Runtime, log: Reporter) -> dict[str, A
             )
     else:
         model = BertForPreTraining(model_config)
+    model = _with_dropout(model, config)
+    model_config = model.config
     model.to(runtime.device)
     torch.manual_seed(config.train.seed + runtime.rank)
 
@@ -290,6 +345,11 @@ def _run(config: PretrainConfig, runtime: Runtime, log: Reporter) -> dict[str, A
         eval_data=eval_data,
         reporter=log,
         resume_from=resume_dir,
+        init_optimizer_from=_optimizer_checkpoint(config.init_optimizer_from),
+        run_facts={  # what --resume may not change silently (with the batch size, optimizer …)
+            "train_data": [str(Path(p).resolve()) for p in train_files],
+            "max_seq_length": getattr(train_data, "max_seq_length", config.max_seq_length),
+        },
     )
     try:
         result = trainer.fit()
@@ -318,6 +378,4 @@ def _write_run_json(out, config, runtime, model, train_files, eval_files, tokeni
         "config": json.loads(json.dumps(asdict(config), default=str)),
         "model_config": model.config.to_dict(),
     }
-    tmp = out / "run.json.tmp"
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(out / "run.json")
+    write_text_atomic(out / "run.json", json.dumps(data, indent=2) + "\n")

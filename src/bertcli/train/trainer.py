@@ -1,10 +1,20 @@
 """The training loop: accumulate, step, log, evaluate, save — and resume exactly.
 
-One optimizer step takes `batches_per_step` micro-batches. The loss of each micro-batch is
-normalised by the masked-token (and sequence) count of the *whole* step, so accumulating k
-micro-batches computes exactly the gradient of one batch k times larger. Under DDP, gradients
-are all-reduced only on the last micro-batch (`no_sync`). Nothing calls `.item()` inside a step
-except on the CPU (where it is free) and at log intervals.
+One optimizer step takes `batches_per_step` micro-batches on each of N ranks. The MLM loss of
+each micro-batch is its sum over masked tokens divided by the masked count of the *whole global
+step* (all micro-batches of all ranks: one all-reduce of a small integer tensor per step, on the
+device, so no host sync on GPUs), and the NSP loss likewise by the global sequence count. So
+"k micro-batches x N ranks" computes exactly the gradient of one batch k x N times larger, even
+when ranks hold different numbers of masked tokens. Under DDP, gradients are all-reduced only on
+the last micro-batch (`no_sync`); the logged losses and tokens/s are all-reduced across ranks at
+log intervals, so the log shows the global batch, not rank 0's share.
+
+The step itself has static shapes and no host syncs on a GPU: the MLM head gathers the
+`masked_lm_positions (B, P)` of the batch layout, the unpadding record is built from the CPU
+batch before the copy, the non-finite and fp16 skipped-step checks stay on the device until a
+log interval. `--compile` wraps DDP first and compiles the wrapper (compiled DDP), so gradient
+buckets are all-reduced while backward runs; the bare module is what is saved, so checkpoint
+names never carry a prefix.
 
 The data position is (epoch, step within epoch); each epoch's example order comes from the
 dataset's `order(epoch)` and is dealt out to ranks, so a resumed run sees the same batches.
@@ -28,19 +38,25 @@ from bertcli.data.datasets import collate
 from bertcli.errors import UserError
 from bertcli.evaluate import evaluate_model
 from bertcli.metrics import MetricsWriter, truncate_metrics
-from bertcli.model import IGNORE_INDEX, BertForPreTraining
+from bertcli.model import IGNORE_INDEX, BertForPreTraining, masked_positions
 from bertcli.tokenizer import BertTokenizer
 from bertcli.train.checkpoint import (
+    STATE_FILE,
     checkpoint_name,
+    load_summary,
     load_trainer_state,
     prune_checkpoints,
+    resume_changes,
     rng_state,
     save_checkpoint,
     set_rng_state,
 )
+from bertcli.train.kernels import check_compile, flash_attention
+from bertcli.train.mfu import device_peak_tflops, flops_per_token, mfu
 from bertcli.train.optim import OPTIMIZERS, build_optimizer
 from bertcli.train.runtime import Runtime
 from bertcli.train.schedules import POLICIES, learning_rate, warmup_steps_for
+from bertcli.unpad import Unpadding
 
 
 @dataclass
@@ -56,6 +72,7 @@ class TrainConfig:
     weight_decay: float = 0.01
     beta1: float = 0.9
     beta2: float = 0.999
+    eps: float = 1e-6
     lr_policy: str = "warmup-annealing"
     warmup_ratio: float = 0.01
     warmup_steps: int | None = None
@@ -65,12 +82,15 @@ class TrainConfig:
     log_every: int = 10
     eval_every: int = 0
     eval_batches: int = 0
+    eval_batch_size: int | None = None  # None: batch_size
     save_every: int = 0
     save_every_epochs: int = 0
     keep_last: int = 0
+    allow_changes: bool = False  # --resume may change guarded settings (logged)
     seed: int = 12345
     nsp: bool = True
     compile: bool = False
+    label_smoothing: float = 0.0  # on the MLM loss only; evaluation is always unsmoothed
     num_workers: int = 0
     tensorboard: bool = True
 
@@ -80,7 +100,14 @@ class TrainConfig:
             if value is not None and value < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
 
-        for name in ("max_steps", "num_epochs", "batch_size", "batches_per_step", "log_every"):
+        for name in (
+            "max_steps",
+            "num_epochs",
+            "batch_size",
+            "batches_per_step",
+            "log_every",
+            "eval_batch_size",
+        ):
             positive(name)
         for name in (
             "eval_every",
@@ -109,6 +136,12 @@ class TrainConfig:
             raise UserError("--warmup-steps must be >= 0")
         if self.max_grad_norm < 0:
             raise UserError("--max-grad-norm must be >= 0 (0 = no clipping)")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise UserError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
+        if not self.eps > 0:
+            raise UserError(f"--eps must be > 0, got {self.eps}")
+        if not self.lr_power > 0:
+            raise UserError(f"--lr-power must be > 0, got {self.lr_power}")
 
 
 class _StopFlag:
@@ -147,8 +180,16 @@ class Trainer:
         eval_data: torch.utils.data.Dataset | None = None,
         reporter: Reporter | None = None,
         resume_from: Path | None = None,
+        run_facts: dict[str, Any] | None = None,
+        init_optimizer_from: Path | None = None,
     ):
         self.config = config
+        # what a resume may not change silently, beyond this config (see checkpoint.GUARDED)
+        self.run_facts = {
+            "world_size": runtime.world_size,
+            "precision": runtime.precision,
+            **(run_facts or {}),
+        }
         self.runtime = runtime
         self.out = Path(out)
         self.tokenizer = tokenizer
@@ -157,8 +198,13 @@ class Trainer:
         self.reporter = reporter if (reporter and runtime.is_main) else Reporter()
         self.model = model  # the bare module: what is saved and evaluated
         if config.compile:
-            # in place, before DDP: parameter names (and so checkpoints) stay unchanged
-            model.compile()
+            check_compile(runtime.device)  # one line, exit 2: no silent fallback to eager
+        varlen, note = flash_attention(runtime.device, runtime.precision)
+        if note:
+            self.reporter.log(note)
+        if varlen is not None and not config.compile:
+            model.use_flash_attention(varlen)
+            self.reporter.log("attention: flash-attn varlen on the unpadded tokens")
         self.ddp = None
         net: torch.nn.Module = model
         if runtime.distributed:
@@ -167,7 +213,13 @@ class Trainer:
                 model, device_ids=device_ids, find_unused_parameters=not config.nsp
             )
             net = self.ddp
+        if config.compile:
+            # after DDP: dynamo splits the graph at DDP's bucket boundaries, so all-reduce
+            # overlaps backward; the wrapper is never saved, so names stay unprefixed
+            net = torch.compile(net)
         self.net = net
+        self._peak_tflops = device_peak_tflops(runtime.device, runtime.precision)
+        self._seq_len = 0  # of the latest batch, for the FLOPs per token
         self.optimizer = build_optimizer(
             config.optimizer,
             model,
@@ -175,15 +227,22 @@ class Trainer:
             config.weight_decay,
             (config.beta1, config.beta2),
             runtime.device.type,
+            eps=config.eps,
         )
         self.scaler = runtime.grad_scaler()
         self.steps_per_epoch = self._steps_per_epoch(0)
+        # a phase-2 run continues another run's step count; its own steps and LR schedule
+        # (warmup included) count from there: total_steps is where this run ends
+        init_state = load_trainer_state(init_optimizer_from) if init_optimizer_from else None
+        self.start_step = int(init_state["step"]) if init_state is not None else 0
         if config.max_steps is not None:
-            self.total_steps = config.max_steps
+            self.total_steps = self.start_step + config.max_steps
         else:
-            self.total_steps = (config.num_epochs or 1) * self.steps_per_epoch
-        self.warmup = warmup_steps_for(self.total_steps, config.warmup_steps, config.warmup_ratio)
-        self.step = 0
+            self.total_steps = self.start_step + (config.num_epochs or 1) * self.steps_per_epoch
+        self.warmup = warmup_steps_for(
+            self.total_steps - self.start_step, config.warmup_steps, config.warmup_ratio
+        )
+        self.step = self.start_step
         self.epoch = 0
         self.step_in_epoch = 0
         self.skipped_steps = 0
@@ -192,6 +251,8 @@ class Trainer:
         self.finite_check_every = 1 if runtime.device.type == "cpu" else config.log_every
         if resume_from is not None:
             self._restore(resume_from)
+        elif init_state is not None:
+            self._continue_optimizer(init_state, init_optimizer_from)
         self.metrics = (
             MetricsWriter(self.out, tensorboard=config.tensorboard, purge_step=self.step + 1)
             if runtime.is_main
@@ -240,7 +301,25 @@ class Trainer:
 
     def _restore(self, directory: Path) -> None:
         state = load_trainer_state(directory)
-        self.optimizer.load_state_dict(state["optimizer"])
+        saved = {**state.get("train_config", {}), **state.get("run", {})}
+        changes = resume_changes(saved, {**asdict(self.config), **self.run_facts})
+        if changes and not self.config.allow_changes:
+            raise UserError(
+                f"--resume: {'; '.join(changes)} since {directory.name}; pass --allow-changes "
+                "to continue with the new settings"
+            )
+        if changes:
+            self.reporter.log(f"--allow-changes: {'; '.join(changes)}")
+        if state["step"] > self.total_steps:
+            flag = "--max-steps" if self.config.max_steps is not None else "--num-epochs"
+            raise UserError(
+                f"{flag} gives {self.total_steps} steps, below the step of {directory.name} "
+                f"({state['step']}); raise it to continue training"
+            )
+        if saved.get("optimizer", self.config.optimizer) == self.config.optimizer:
+            self.optimizer.load_state_dict(state["optimizer"])
+        else:
+            self.reporter.log(f"--optimizer {self.config.optimizer} starts with a fresh state")
         self.scaler.load_state_dict(state["scaler"])
         self.step, self.epoch = state["step"], state["epoch"]
         self.step_in_epoch = state["step_in_epoch"]
@@ -251,7 +330,46 @@ class Trainer:
         else:  # resumed on a different number of processes: a fresh, distinct seed per rank
             torch.manual_seed(self.config.seed + self.runtime.rank + self.step)
         if self.runtime.is_main:
-            truncate_metrics(self.out / "metrics.jsonl", self.step)
+            rows = load_summary(directory).get("metrics", [])
+            damaged = truncate_metrics(self.out / "metrics.jsonl", self.step, rows)
+            if damaged:
+                self.reporter.log(f"metrics.jsonl: dropped {damaged} damaged line(s)")
+
+    def _continue_optimizer(self, state: dict[str, Any], directory: Path) -> None:
+        """Phase 2: another run's optimizer state and step count, with this run's options."""
+        # the data position, RNG and loss scale start fresh: they belong to phase 1's data
+        saved = state.get("train_config", {}).get("optimizer", self.config.optimizer)
+        if saved != self.config.optimizer:
+            raise UserError(
+                f"--init-optimizer-from {directory}: its optimizer is {saved}, not --optimizer "
+                f"{self.config.optimizer}"
+            )
+        # load_state_dict restores the saved lr/betas/decay too: this run's options win
+        hyper = [
+            {k: group[k] for k in self.optimizer.defaults if k in group}
+            for group in self.optimizer.param_groups
+        ]
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (ValueError, KeyError) as exc:
+            raise UserError(
+                f"--init-optimizer-from {directory}: its optimizer state does not fit this model "
+                f"({exc})"
+            ) from None
+        for group, values in zip(self.optimizer.param_groups, hyper):
+            group.update(values)
+        for param, values in self.optimizer.state.items():
+            for value in values.values():
+                if torch.is_tensor(value) and value.dim() and value.shape != param.shape:
+                    raise UserError(
+                        f"--init-optimizer-from {directory}: its optimizer state has shape "
+                        f"{tuple(value.shape)} for a parameter of shape {tuple(param.shape)}; "
+                        "pass the checkpoint whose weights --init-from loads"
+                    )
+        self.reporter.log(
+            f"--init-optimizer-from {directory}: optimizer state and step {self.start_step} "
+            "carried over; new LR schedule"
+        )
 
     def _trainer_state(self, rng_per_rank: list[dict[str, Any]]) -> dict[str, Any]:
         return {
@@ -264,6 +382,7 @@ class Trainer:
             "rng": rng_per_rank[0],
             "rng_per_rank": rng_per_rank,  # every rank's dropout RNG, for exact DDP resume
             "train_config": asdict(self.config),
+            "run": self.run_facts,
         }
 
     def save(self) -> Path | None:
@@ -280,7 +399,11 @@ class Trainer:
                 "epoch": self.epoch,
                 "step_in_epoch": self.step_in_epoch,
                 "total_steps": self.total_steps,
+                # this step's metrics rows: --resume restores them if metrics.jsonl lost them
+                "metrics": self.metrics.rows_at(self.step) if self.metrics else [],
             }
+            if self.metrics:
+                self.metrics.sync()
             save_checkpoint(
                 path, self.model, self.tokenizer, self._trainer_state(rng_per_rank), summary
             )
@@ -291,17 +414,44 @@ class Trainer:
 
     # ---- one step --------------------------------------------------------------------------
 
+    @property
+    def skipped_steps(self) -> int:
+        """fp16 steps GradScaler skipped (kept on the device; reading it is a sync)."""
+        return int(self._skipped)
+
+    @skipped_steps.setter
+    def skipped_steps(self, value: int) -> None:
+        self._skipped = torch.full((), int(value), dtype=torch.long, device=self.runtime.device)
+
+    def _to_device(self, batch: dict[str, torch.Tensor]):
+        """A CPU batch on the device, with positions and the unpadding record made on the CPU
+        first (so nothing about its shape is read back from the device)."""
+        if "masked_lm_positions" not in batch:  # data without the layout: derive it here
+            batch = {**batch, "masked_lm_positions": masked_positions(batch["masked_lm_labels"])}
+        record = None
+        if not self.config.compile and self.model.bert.unpad_tokens:
+            record = Unpadding.from_mask(batch["attention_mask"])
+            record = None if record.dense else record.to(self.runtime.device, non_blocking=True)
+        moved = {k: v.to(self.runtime.device, non_blocking=True) for k, v in batch.items()}
+        return moved, record
+
     def _train_step(self, micro_batches: list[dict[str, torch.Tensor]]):
         """Forward/backward over the micro-batches, then one optimizer step."""
-        device, nsp = self.runtime.device, self.config.nsp
-        # counted on the CPU batches, before the copy to the device: no sync
-        masked_counts = [int((b["masked_lm_labels"] != IGNORE_INDEX).sum()) for b in micro_batches]
-        masked_total = sum(masked_counts)
-        sequences_total = sum(len(b["input_ids"]) for b in micro_batches)
-        totals = torch.zeros(3, device=device)  # loss, mlm_loss, nsp_loss of the whole step
-        for i, (batch, masked) in enumerate(zip(micro_batches, masked_counts)):
-            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-            last = i == len(micro_batches) - 1
+        device, nsp, world = self.runtime.device, self.config.nsp, self.runtime.world_size
+        prepared = [self._to_device(b) for b in micro_batches]
+        self._seq_len = micro_batches[0]["input_ids"].shape[1]
+        # masked counts on the device (no sync), summed over the step and over all ranks
+        masked = torch.stack(
+            [(b["masked_lm_labels"] != IGNORE_INDEX).sum() for b, _ in prepared]
+        )  # (k,)
+        masked_total = masked.sum()
+        if self.runtime.distributed:
+            dist.all_reduce(masked_total)
+        masked_total = masked_total.clamp(min=1).float()
+        sequences_total = world * sum(len(b["input_ids"]) for b in micro_batches)
+        totals = torch.zeros(3, device=device)  # this rank's share of loss, mlm, nsp
+        for i, (batch, record) in enumerate(prepared):
+            last = i == len(prepared) - 1
             sync = contextlib.nullcontext() if (last or self.ddp is None) else self.ddp.no_sync()
             with sync:
                 with self.runtime.autocast():
@@ -311,22 +461,27 @@ class Trainer:
                         batch["attention_mask"],
                         masked_lm_labels=batch["masked_lm_labels"],
                         next_sentence_labels=batch["next_sentence_labels"] if nsp else None,
+                        masked_lm_positions=batch["masked_lm_positions"],
+                        unpadding=record,
+                        label_smoothing=self.config.label_smoothing,
                     )
-                mlm = out.mlm_loss * (masked / max(1, masked_total))
+                # mean x count = this micro-batch's sum; over the global count = its share
+                mlm = out.mlm_loss * masked[i] / masked_total
                 nsp_part = (
                     out.nsp_loss * (len(batch["input_ids"]) / sequences_total)
                     if nsp
                     else torch.zeros((), device=device)
                 )
                 loss = mlm + nsp_part
-                self.scaler.scale(loss).backward()
+                # DDP averages gradients over ranks; x world turns that into the global sum
+                self.scaler.scale(loss * world).backward()
             totals += torch.stack([loss.detach(), mlm.detach(), nsp_part.detach()]).float()
 
         lr = learning_rate(
             self.config.lr_policy,
-            self.step,
+            self.step - self.start_step,  # a phase-2 run's schedule starts anew
             self.config.lr,
-            self.total_steps,
+            self.total_steps - self.start_step,
             self.warmup,
             self.config.min_lr,
             self.config.lr_power,
@@ -336,14 +491,16 @@ class Trainer:
         self.scaler.unscale_(self.optimizer)
         max_norm = self.config.max_grad_norm if self.config.max_grad_norm > 0 else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
-        if self.scaler.is_enabled():  # fp16 on CUDA: count the steps GradScaler skips
-            scale = self.scaler.get_scale()
+        if self.scaler.is_enabled():
+            # GradScaler skips the step iff an unscaled gradient is inf/NaN, i.e. iff the total
+            # norm is not finite: counted on the device, read only at log intervals
+            self._skipped += (~torch.isfinite(grad_norm)).long()
             self.scaler.step(self.optimizer)
             self.scaler.update()
-            self.skipped_steps += int(self.scaler.get_scale() < scale)
         else:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        # real tokens (not padding), counted on the CPU batches: no sync
         tokens = sum(int(b["attention_mask"].sum()) for b in micro_batches)
         return totals, grad_norm.detach(), lr, tokens
 
@@ -360,8 +517,9 @@ class Trainer:
             f"{cfg.batch_size * cfg.batches_per_step * runtime.world_size} sequences"
             + (f", from step {self.step}" if self.step else "")
         )
-        self.reporter.start("Pretraining", total=self.total_steps, unit="steps")
-        self.reporter.advance(self.step)
+        self.reporter.start(
+            "Pretraining", total=self.total_steps, unit="steps", completed=self.step
+        )
         window = torch.zeros(3, device=runtime.device)
         window_steps, window_tokens, window_start = 0, 0, time.perf_counter()
         last_row: dict[str, Any] = {}
@@ -400,6 +558,14 @@ class Trainer:
                             "tok/s": round(last_row["tokens_per_s"]),
                         }
                     self.reporter.advance(1, **fields)
+                    if last_row.get("step") == self.step:  # off a terminal: one plain line
+                        self.reporter.status(
+                            loss=last_row["loss"],
+                            mlm_loss=last_row["mlm_loss"],
+                            nsp_loss=last_row["nsp_loss"],
+                            lr=lr,
+                            **{"tok/s": round(last_row["tokens_per_s"])},
+                        )
                     if cfg.eval_every and self.step % cfg.eval_every == 0:
                         last_eval = self._evaluate()
                     if cfg.save_every and self.step % cfg.save_every == 0:
@@ -420,7 +586,8 @@ class Trainer:
         elif self.eval_data is not None and (not cfg.eval_every or self.step % cfg.eval_every):
             last_eval = self._evaluate()
         final = self.out / "checkpoints" / checkpoint_name(self.step)
-        if not (final / "trainer_state.pt").exists():
+        # rank 0 decides: ranks that see different files must still all enter save()'s collective
+        if not runtime.from_main((final / STATE_FILE).exists()):
             self.save()
         if self.metrics:
             self.metrics.close()
@@ -432,7 +599,13 @@ class Trainer:
         }
 
     def _log_row(self, mean: torch.Tensor, lr: float, grad_norm: torch.Tensor, tok_s: float):
-        loss, mlm, nsp = mean.tolist()
+        """The logged row; every rank calls it: losses and tokens/s are summed over ranks."""
+        # each rank holds its share of the global mean loss, and its own real tokens/s
+        summed = torch.cat([mean.float(), mean.new_tensor([tok_s], dtype=torch.float32)])
+        if self.runtime.distributed:
+            dist.all_reduce(summed)
+        loss, mlm, nsp, tokens_per_s = summed.tolist()
+        per_device = tokens_per_s / self.runtime.world_size
         row = {
             "step": self.step,
             "epoch": self.epoch,
@@ -441,7 +614,13 @@ class Trainer:
             "nsp_loss": nsp if self.config.nsp else None,
             "lr": lr,
             "grad_norm": float(grad_norm),
-            "tokens_per_s": tok_s * self.runtime.world_size,
+            "tokens_per_s": tokens_per_s,  # real tokens (padding not counted), all ranks
+            # model FLOPs / peak of one device; None off the known GPUs (never guessed)
+            "mfu": mfu(
+                per_device,
+                flops_per_token(self.model.config, self._seq_len),
+                self._peak_tflops,
+            ),
         }
         if self.scaler.is_enabled():
             row["skipped_steps"] = self.skipped_steps
@@ -479,7 +658,7 @@ class Trainer:
         result = evaluate_model(
             self.model,
             self.eval_data,
-            self.config.batch_size,
+            self.config.eval_batch_size or self.config.batch_size,
             self.runtime,
             self.config.eval_batches or None,
         )
