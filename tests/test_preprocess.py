@@ -1,8 +1,16 @@
-"""preprocess end to end: CLI output layout, eval split, JSON input, and a kill in the middle."""
+"""preprocess end to end: CLI output layout, eval split, JSON input, compressed input trees,
+worker counts, shard sizes, and kills in the middle."""
 
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -115,3 +123,115 @@ def test_jsonl_bad_lines_are_skipped_and_counted(uncased, tmp_path):
         uncased,
     )
     assert result.bad_json_lines == 2 and result.documents == 40
+
+
+def _shard_rows(directory) -> list[tuple[str, int]]:
+    import h5py
+
+    rows = []
+    for path in sorted(directory.glob("*.hdf5")):
+        with h5py.File(path, "r") as f:
+            rows.append((path.name, len(f["input_ids"])))
+    return rows
+
+
+def test_directory_of_compressed_files_workers_and_shard_size(uncased, tmp_path):
+    """A directory tree of .gz/.bz2/.xz parts gives the very examples of the plain files, with
+    any worker count, cut into shards of exactly --shard-size rows (the last one shorter)."""
+    import bz2
+    import gzip
+    import lzma
+
+    import h5py
+    import numpy as np
+
+    lines = require(WIKITEXT2 / "valid.txt").read_text().splitlines(keepends=True)
+    titles = [i for i, line in enumerate(lines) if re.match(r"^ = [^=].* = $", line)]
+    cuts = [titles[0], titles[len(titles) // 3], titles[2 * len(titles) // 3], len(lines)]
+    parts = ["".join(lines[a:b]) for a, b in zip(cuts, cuts[1:])]  # whole articles per part
+    plain, packed = tmp_path / "plain", tmp_path / "packed"
+    packers = [("gz", gzip.compress), ("bz2", bz2.compress), ("xz", lzma.compress)]
+    for i, (part, (suffix, pack)) in enumerate(zip(parts, packers)):
+        (plain / f"d{i}").mkdir(parents=True)
+        (plain / f"d{i}" / "part.txt").write_text(part)
+        (packed / f"d{i}").mkdir(parents=True)
+        (packed / f"d{i}" / f"part.txt.{suffix}").write_bytes(pack(part.encode()))
+    runs = {}
+    for name, source, workers in (
+        ("plain", plain, 1),
+        ("packed1", packed, 1),
+        ("packed2", packed, 2),
+    ):
+        config = PreprocessConfig(
+            [source],
+            tmp_path / name,
+            dupe_factor=1,
+            workers=workers,
+            shard_size=700,
+            input_format="wikitext",
+        )
+        runs[name] = preprocess(config, uncased)
+    base = runs["plain"]
+    assert base.documents > 20 and base.train_examples > 1400
+    directories = [Path(r.directory) for r in runs.values()]
+    rows = _shard_rows(directories[0])
+    assert [n for _, n in rows[:-1]] == [700] * (len(rows) - 1) and 0 < rows[-1][1] <= 700
+    assert sum(n for _, n in rows) == base.train_examples
+    for other in directories[1:]:
+        assert _shard_rows(other) == rows
+        for (name, _), path in zip(rows, sorted(other.glob("*.hdf5"))):
+            with h5py.File(directories[0] / name, "r") as a, h5py.File(path, "r") as b:
+                for key in a:
+                    assert np.array_equal(a[key][...], b[key][...]), (name, key)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_kill_9_of_preprocess_takes_its_workers_along(tmp_path):
+    """Pool workers of a killed `preprocess --workers 2` must not live on as orphans."""
+    corpus = require(WIKITEXT2 / "train.txt")
+    command = [
+        sys.executable, "-m", "bertcli", "preprocess", "--input", str(corpus),
+        "--vocab-file", str(require(VOCAB_DIR / "bert-base-uncased.txt")),
+        "--out", str(tmp_path / "out"), "--workers", "2", "--json",
+    ]  # fmt: skip
+    parent = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    workers: list[int] = []
+    try:
+        deadline = time.monotonic() + 60
+        while len(workers) < 2 and time.monotonic() < deadline and parent.poll() is None:
+            time.sleep(0.1)
+            workers = _children(parent.pid)
+        assert len(workers) >= 2, "the pool never started"
+        time.sleep(1.0)  # let them get busy on blocks
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait()
+        deadline = time.monotonic() + 10
+        while [p for p in workers if _alive(p)] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [p for p in workers if _alive(p)], "pool workers outlived their parent"
+    finally:
+        parent.kill()
+        for pid in workers:  # orphans of a failed run must not outlive the test either
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    """Running, not a zombie waiting for a reaper (a container's PID 1 may never reap it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

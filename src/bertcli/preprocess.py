@@ -9,9 +9,15 @@ depends on the block size and worker count, not on the corpus size.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import json
 import os
 import random
+import signal
+import sys
+import threading
+import time
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -116,11 +122,45 @@ class PreprocessResult:
 _WORKER: dict = {}
 
 
-def _init_worker(tokenizer_json: str, spec: MaskingSpec, config: PreprocessConfig) -> None:
+def _init_worker(
+    tokenizer_json: str, spec: MaskingSpec, config: PreprocessConfig, parent: int
+) -> None:
     from tokenizers import Tokenizer
 
+    _exit_with_parent(parent)
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     _WORKER.update(tokenizer=Tokenizer.from_str(tokenizer_json), spec=spec, config=config)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _exit_with_parent(parent: int, poll_seconds: float = 1.0) -> None:
+    """Kill this pool worker when `parent` dies, so `kill -9` of preprocess leaves no orphans.
+
+    A worker holds nothing worth saving, hence SIGKILL. Linux delivers it itself (prctl
+    PR_SET_PDEATHSIG); a daemon thread watching the parent PID covers other systems and a parent
+    that died before prctl took effect."""
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        except (OSError, AttributeError):
+            pass  # no prctl: the watcher below still works
+
+    # our parent: the main process, or multiprocessing's fork server, which exits with it
+    watched = os.getppid()
+    try:
+        os.kill(parent, 0)
+    except ProcessLookupError:
+        os._exit(1)  # the main process died before prctl took effect
+
+    def watch() -> None:
+        while os.getppid() == watched:
+            time.sleep(poll_seconds)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="bertcli-parent-watch", daemon=True).start()
 
 
 def _process_block(args: tuple[str, int, list[list[str]]]) -> tuple[dict, int, int, int]:
@@ -215,8 +255,9 @@ def _blocks(
 class _ShardWriter:
     """Appends examples to fixed-size shards in a directory, one open shard at a time."""
 
-    def __init__(self, directory: Path, prefix: str, shard_size: int):
+    def __init__(self, directory: Path, prefix: str, shard_size: int, attrs: dict | None = None):
         self.directory, self.prefix, self.shard_size = directory, prefix, shard_size
+        self.attrs = attrs  # the shard header: vocab_size, checked against the model at start
         self.current: ShardAppender | None = None
         self.shards = 0
         self.examples = 0
@@ -227,7 +268,7 @@ class _ShardWriter:
             if self.current is None:
                 self.directory.mkdir(parents=True, exist_ok=True)
                 name = f"{self.prefix}_{self.shards:05d}.hdf5"
-                self.current = ShardAppender(self.directory / name)
+                self.current = ShardAppender(self.directory / name, attrs=self.attrs)
             take = min(rows - start, self.shard_size - self.current.rows)
             self.current.append({k: v[start : start + take] for k, v in arrays.items()})
             self.examples += take
@@ -286,9 +327,10 @@ def _jsonable(config: PreprocessConfig) -> dict:
 def _run(config, tokenizer, spec, files, directory: Path, reporter: Reporter) -> PreprocessResult:
     stats = CorpusStats()
     result = PreprocessResult(directory=str(directory))
+    header = {"vocab_size": tokenizer.vocab_size}
     writers = {
-        "train": _ShardWriter(directory, "training", config.shard_size),
-        "eval": _ShardWriter(directory / "eval", "eval", config.shard_size),
+        "train": _ShardWriter(directory, "training", config.shard_size, header),
+        "eval": _ShardWriter(directory / "eval", "eval", config.shard_size, header),
     }
     total_bytes = sum(f.stat().st_size for f in files)
     reporter.start("Preprocessing", total=total_bytes, unit="bytes")
@@ -330,7 +372,7 @@ def _produce(config, tokenizer, spec, blocks, collect) -> None:
                 make_block_examples(tokenizer.tokenizer, docs, spec, config, namespace, index),
             )
     else:
-        init = (tokenizer.tokenizer.to_str(), spec, config)
+        init = (tokenizer.tokenizer.to_str(), spec, config, os.getpid())
         with ProcessPoolExecutor(config.workers, initializer=_init_worker, initargs=init) as pool:
             window: deque[tuple[str, Future]] = deque()
             for namespace, index, docs in blocks:
