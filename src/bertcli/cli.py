@@ -246,9 +246,22 @@ def download(
     list_names: bool = typer.Option(
         False, "--list", help="List the corpora and checkpoint names with their sizes."
     ),
+    lang: str = typer.Option("en", help="wikipedia: language code (en, zh, de, simple …)."),
+    date: str | None = typer.Option(
+        None, help="wikipedia: dump date YYYYMMDD (default: newest finished dump)."
+    ),
+    input: list[Path] | None = typer.Option(
+        None, help="wikipedia: extract this dump on disk (.xml/.xml.bz2, repeatable) instead."
+    ),
+    workers: int | None = typer.Option(
+        None, help="wikipedia: extraction processes (default: all cores)."
+    ),
+    part_size: float = typer.Option(100.0, help="wikipedia: MB per JSON-lines part."),
     json_output: bool = typer.Option(False, "--json", help="Print a JSON summary, no progress."),
 ) -> None:
     """Download a corpus (verified, unpacked) or a BERT checkpoint into the Hugging Face cache.
+
+    `wikipedia` fetches a pages-articles dump (sha1-checked) and extracts it to JSON lines.
 
     Example: bertcli download wikitext2 --out data/wikitext2
 
@@ -267,6 +280,13 @@ def download(
         return
     if name is None:
         raise UserError("give a NAME to download; `bertcli download --list` shows them")
+    if name == "wikipedia":
+        if sha256 is not None:
+            raise UserError("--sha256: wikipedia dumps are checked against their published sha1")
+        _download_wikipedia(out, lang, date, input, url, workers, part_size, retries, json_output)
+        return
+    if input or date is not None or workers is not None:
+        raise UserError("--input, --date and --workers are for `download wikipedia`")
     if name not in REGISTRY:  # not a corpus: a checkpoint on the Hugging Face Hub
         _download_model(name, revision, out, url, sha256, json_output)
         return
@@ -281,6 +301,35 @@ def download(
     _report(asdict(result), json_output, line)
 
 
+def _download_wikipedia(
+    out, lang, date, inputs, url, workers, part_size, retries, json_output
+) -> None:
+    import os
+    from dataclasses import asdict
+
+    from bertcli.console import make_reporter
+    from bertcli.wikipedia import download_wikipedia
+
+    out = out if out is not None else Path("data") / f"{lang}wiki"
+    result = download_wikipedia(
+        out,
+        lang=lang,
+        date=date,
+        inputs=inputs or None,
+        url=url,
+        workers=workers if workers is not None else (os.cpu_count() or 1),
+        part_size_mb=part_size,
+        reporter=make_reporter(json_output),
+        retries=retries,
+    )
+    line = (
+        f"wikipedia: {result.articles} articles ({result.redirects} redirects, "
+        f"{result.other_namespaces} other pages skipped) in {len(result.parts)} part(s) "
+        f"in {result.directory}, {result.seconds:.1f} s"
+    )
+    _report(asdict(result), json_output, line)
+
+
 def _list_downloads(json_output: bool) -> None:
     from bertcli.download import REGISTRY
     from bertcli.hub import KNOWN_MODELS
@@ -289,6 +338,14 @@ def _list_downloads(json_output: bool) -> None:
         {"name": spec.name, "kind": "corpus", "size": spec.size, "description": spec.description}
         for spec in REGISTRY.values()
     ]
+    rows.append(
+        {
+            "name": "wikipedia",
+            "kind": "corpus",
+            "size": "varies",
+            "description": "a Wikipedia pages-articles dump as JSON lines (--lang, --date)",
+        }
+    )
     rows += [
         {"name": name, "kind": "checkpoint", "size": size, "description": description}
         for name, (size, description) in KNOWN_MODELS.items()

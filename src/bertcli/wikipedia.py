@@ -1,0 +1,580 @@
+"""Wikipedia XML dumps → JSON lines of plain article text (the WikiExtractor `--json` format).
+
+`extract(inputs, out)` streams each dump (`.xml`, `.xml.bz2` incl. multistream, `.xml.gz`)
+through `xml.etree.ElementTree.iterparse` (expat honours the encoding the XML declaration
+states), keeps main-namespace pages that are not redirects, and cleans their wikitext in
+`workers` processes with a bounded queue, so memory stays flat however large the dump is.
+
+Cleaning: a linear brace scan drops templates `{{…}}` and tables `{|…|}` and regexes drop
+comments and `<ref>`s (they are most of the markup, and removing them first makes the parse
+about 10x faster); `mwparserfromhell` then parses what is left, and a walk over its nodes keeps
+text and link anchors, drops files/images, categories, interlanguage links and non-text tags,
+and keeps section headings whose section has text. Output lines are `{"id", "title", "url",
+"text"}` with paragraphs separated by newlines, in parts `wiki_00000.jsonl` … of about
+`part_size_mb` MB, written under temporary names and renamed when complete; the whole
+directory appears at once (`atomic_directory`). A dump whose XML is cut off keeps the articles
+before the cut and reports the cut (`ExtractResult.cut`); it is never reported as complete.
+"""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import json
+import os
+import re
+import time
+import urllib.error
+import xml.etree.ElementTree as ET
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import mwparserfromhell
+from mwparserfromhell import nodes
+
+from bertcli.atomic import atomic_directory
+from bertcli.console import Reporter
+from bertcli.errors import UserError
+from bertcli.wikidump import LANGUAGES, MIRRORS, fetch_dump, find_dump
+
+MARKER = ".bertcli-download.json"
+BATCH_CHARS = 1 << 18  # wikitext characters per worker task: amortises pickling, balances load
+
+# Pre-parse removals: comments, references (self-closing first, so `<ref name=a/>` never
+# swallows the text up to the next `</ref>`), behaviour switches.
+_COMMENT = re.compile(r"<!--.*?(?:-->|\Z)", re.S)
+_REF = re.compile(r"<ref\b[^>]*?/\s*>|<ref\b[^>]*>.*?</ref\s*>", re.S | re.I)
+_SWITCH = re.compile(r"__[A-Z]+__")
+# Tags whose content is code, not wikitext (LaTeX braces would look like templates).
+_RAW = re.compile(
+    r"<(math|chem|ce|score|timeline|graph|hiero|syntaxhighlight|source|pre|code)\b[^>]*?"
+    r"(?:/\s*>|>.*?</\1\s*>)",
+    re.S | re.I,
+)
+# Templates anywhere; tables only at a line start (wikitext's rule). `|}}` ends a template.
+_BRACES = re.compile(r"\{\{|\}\}|^[ \t:]*\{\||^[ \t]*\|\}(?!\})", re.M)
+# A link with no link inside: resolved before the parse (twice, so a file caption's links go
+# first and then the file link itself); the parser sees only the rare harder cases.
+_SIMPLE_LINK = re.compile(r"\[\[([^\[\]|\n]*)(?:\|([^\[\]]*))?\]\]")
+_QUOTES = re.compile(r"'{2,}")
+_SPACES = re.compile(r"[ \t\u00a0\u200b]+")
+_SPACE_BEFORE_PUNCT = re.compile(r" +([,.;:!?)])")
+_EMPTY_PARENS = re.compile(r"\(\s*[,;]?\s*\)")
+_REDIRECT = re.compile(r"\s*#\s*redirect", re.I)
+
+# Tags whose content is not running text.
+_DROP_TAGS = frozenset(
+    "ref references gallery imagemap math chem ce score timeline graph templatestyles "
+    "syntaxhighlight source pre table categorytree inputbox mapframe maplink hiero indicator "
+    "charinsert noinclude includeonly onlyinclude nowiki code var kbd".split()
+)
+_BLOCK_TAGS = frozenset("br p div li dd dt blockquote center poem hr ul ol dl h1 h2 h3 h4".split())
+_HEADING = "\x01"  # marks a heading line until its section shows text
+_ITEM = "\x02"  # marks a list item: kept only if it reads as a sentence
+_MIN_ITEM_WORDS = 6
+
+
+@dataclass(frozen=True)
+class Site:
+    """What a dump says about its wiki: URL base and localized namespace names."""
+
+    url_base: str = "https://en.wikipedia.org/wiki"
+    drop_prefixes: frozenset[str] = frozenset({"file", "image", "category", "media"})
+
+
+@dataclass
+class ExtractResult:
+    directory: str
+    files: list[str]
+    pages: int = 0
+    articles: int = 0
+    redirects: int = 0
+    other_namespaces: int = 0
+    empty: int = 0
+    bytes_read: int = 0
+    seconds: float = 0.0
+    parts: list[str] = field(default_factory=list)
+    cut: list[str] = field(default_factory=list)  # one message per dump whose XML is cut off
+
+
+# ---------------------------------------------------------------------------- cleaning
+
+
+def drop_nested(text: str) -> str:
+    """Remove balanced `{{…}}` templates and `{|…|}` tables (nesting-aware, linear time).
+
+    An opener never closed is kept as text and the scan goes on after it, so one stray `{{`
+    does not swallow the rest of an article."""
+    out: list[str] = []
+    pos = 0
+    while True:
+        stack: list[str] = []
+        start = outer = pos
+        for match in _BRACES.finditer(text, pos):
+            token = match.group().strip(" \t:")
+            if token in ("{{", "{|"):
+                if not stack:
+                    out.append(text[start : match.start()])
+                    outer = match.start()
+                stack.append(token)
+            elif stack and (token == "}}") == (stack[-1] == "{{"):
+                stack.pop()
+                if not stack:
+                    start = match.end()
+        if not stack:
+            out.append(text[start:])
+            return "".join(out)
+        out.append(text[outer : outer + 2])
+        pos = outer + 2
+
+
+def _dropped_link(title: str, site: Site) -> bool:
+    """Files, categories and interlanguage links are not prose (`[[:Category:X]]` is)."""
+    if ":" not in title or title.startswith(":"):
+        return False
+    prefix = title.split(":", 1)[0].strip().lower()
+    return prefix in site.drop_prefixes or prefix in _LANGUAGE_SET
+
+
+def _link_title(title: str) -> str:
+    title = title.strip().lstrip(":")
+    return title.split("#", 1)[0] or title.lstrip("#")
+
+
+def _simple_links(text: str, site: Site) -> str:
+    def anchor(match: re.Match[str]) -> str:
+        title, label = match.group(1), match.group(2)
+        if _dropped_link(title.strip(), site):
+            return ""
+        return label if label and label.strip() else _link_title(title)
+
+    return _SIMPLE_LINK.sub(anchor, _SIMPLE_LINK.sub(anchor, text))
+
+
+def _render(code: Any, site: Site, out: list[str]) -> None:
+    """Append the visible text of mwparserfromhell nodes to `out`."""
+
+
+    for node in code.nodes:
+        if isinstance(node, nodes.Text):
+            out.append(node.value)
+        elif isinstance(node, nodes.Wikilink):
+            title = str(node.title).strip()
+            if _dropped_link(title, site):
+                continue
+            if node.text is not None and str(node.text).strip():
+                _render(node.text, site, out)
+            else:
+                out.append(_link_title(title))
+        elif isinstance(node, nodes.ExternalLink):
+            if node.title is not None:
+                _render(node.title, site, out)
+            elif not node.brackets:
+                out.append(str(node.url))
+        elif isinstance(node, nodes.Tag):
+            name = str(node.tag).strip().lower()
+            if name in _DROP_TAGS:
+                continue
+            block = name in _BLOCK_TAGS
+            if block:
+                out.append(f"\n{_ITEM}" if node.wiki_markup and name in ("li", "dd") else "\n")
+            if node.contents is not None and not node.self_closing:
+                _render(node.contents, site, out)
+            if block and name != "li":
+                out.append("\n")
+        elif isinstance(node, nodes.Heading):
+            parts: list[str] = []
+            _render(node.title, site, parts)
+            out.append(f"\n{_HEADING}{''.join(parts)}\n")
+        elif isinstance(node, nodes.HTMLEntity):
+            out.append(node.normalize())
+        # Template, Argument, Comment: dropped
+
+
+def clean_wikitext(text: str, site: Site = Site()) -> list[str]:
+    """The paragraphs of an article's wikitext, markup removed, headings kept before text."""
+    text = _RAW.sub("", _REF.sub("", _COMMENT.sub("", text)))
+    text = drop_nested(_SWITCH.sub("", text))
+    code = mwparserfromhell.parse(_simple_links(text, site), skip_style_tags=True)
+    out: list[str] = []
+    _render(code, site, out)
+    lines = _QUOTES.sub("", "".join(out)).split("\n")
+    # a page that is only a list (e.g. "List of …") keeps its items rather than nothing
+    return _paragraphs(lines, items=False) or _paragraphs(lines, items=True)
+
+
+def _paragraphs(lines: list[str], items: bool) -> list[str]:
+    paragraphs: list[str] = []
+    heading: str | None = None
+    for raw in lines:
+        line = raw.strip()
+        is_heading = line.startswith(_HEADING)
+        is_item = line.startswith(_ITEM)
+        line = _SPACES.sub(" ", line.lstrip(_HEADING + _ITEM + "*#:; ")).strip()
+        line = _EMPTY_PARENS.sub("", _SPACE_BEFORE_PUNCT.sub(r"\1", line)).strip()
+        if not any(ch.isalnum() for ch in line):
+            continue
+        if is_item and not items and (line[-1] not in ".!?。！？" or len(line.split()) < _MIN_ITEM_WORDS):
+            continue  # link lists, bibliographies, "See also": not running text
+        if is_heading:
+            heading = line  # shown only if its section has text
+        else:
+            if heading is not None:
+                paragraphs.append(heading)
+                heading = None
+            paragraphs.append(line)
+    return paragraphs
+
+
+_LANGUAGE_SET = frozenset(LANGUAGES)
+_SITE = Site()
+
+
+def _init_worker(site: Site) -> None:
+    global _SITE
+    _SITE = site
+
+
+def clean_batch(pages: list[tuple[str, str, str]], site: Site | None = None) -> list[str]:
+    """(id, title, wikitext) pages → JSON lines, one per article (as WikiExtractor, even empty)."""
+    site = site or _SITE
+    lines = []
+    for page_id, title, text in pages:
+        record = {
+            "id": page_id,
+            "title": title,
+            "url": f"{site.url_base}?curid={page_id}",
+            "text": "\n".join(clean_wikitext(text, site)),
+        }
+        lines.append(json.dumps(record, ensure_ascii=False) + "\n")
+    return lines
+
+
+# ---------------------------------------------------------------------------- reading
+
+
+class _CountingReader:
+    """A raw file that counts the bytes read, so progress follows the compressed size."""
+
+    def __init__(self, raw: IO[bytes]):
+        self.raw = raw
+        self.count = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.raw.read(size)
+        self.count += len(data)
+        return data
+
+    def readinto(self, buffer: Any) -> int:
+        n = self.raw.readinto(buffer)
+        self.count += n or 0
+        return n
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self.raw.close()
+
+
+def _open_dump(path: Path) -> tuple[IO[bytes], _CountingReader]:
+    raw = _CountingReader(path.open("rb"))
+    name = path.name.lower()
+    if name.endswith(".bz2"):
+        return bz2.open(raw), raw  # type: ignore[arg-type]  # reads multistream files whole
+    if name.endswith(".gz"):
+        return gzip.open(raw), raw  # type: ignore[arg-type]
+    return raw, raw  # type: ignore[return-value]
+
+
+def _local(tag: str) -> str:
+    return tag.rsplit("}", 1)[-1]
+
+
+@dataclass
+class _Page:
+    id: str
+    title: str
+    ns: str
+    redirect: bool
+    text: str
+
+
+def iter_pages(stream: IO[bytes], sites: list[Site]) -> Iterator[_Page]:
+    """Pages of a MediaWiki XML export, one at a time; `sites` receives the siteinfo.
+
+    Raises ET.ParseError / EOFError / OSError where the XML or its compression is cut off."""
+    root = None
+    base = "https://en.wikipedia.org/wiki"
+    drop = {"file", "image", "category", "media"}
+    for event, elem in ET.iterparse(stream, events=("start", "end")):
+        if root is None:
+            root = elem
+            continue
+        if event != "end":
+            continue
+        tag = _local(elem.tag)
+        if tag == "siteinfo":
+            for child in elem:
+                if _local(child.tag) == "base" and child.text:
+                    base = child.text.rsplit("/", 1)[0]
+                if _local(child.tag) == "namespaces":
+                    for ns in child:
+                        if ns.get("key") in ("-2", "6", "14") and ns.text:
+                            drop.add(ns.text.strip().lower())
+            sites.append(Site(base, frozenset(drop)))
+            root.clear()
+        elif tag == "page":
+            fields = {"id": "", "title": "", "ns": "0", "text": ""}
+            redirect = False
+            for child in elem:
+                name = _local(child.tag)
+                if name in ("id", "title", "ns"):
+                    fields[name] = child.text or ""
+                elif name == "redirect":
+                    redirect = True
+                elif name == "revision":
+                    for part in child:
+                        if _local(part.tag) == "text":
+                            fields["text"] = part.text or ""
+            root.clear()  # flat memory: drop the page once read
+            redirect = redirect or bool(_REDIRECT.match(fields["text"]))
+            yield _Page(fields["id"], fields["title"], fields["ns"], redirect, fields["text"])
+
+
+# ---------------------------------------------------------------------------- writing
+
+
+class _PartWriter:
+    """JSON lines into `wiki_NNNNN.jsonl` parts of about `limit` bytes, each renamed when full."""
+
+    def __init__(self, directory: Path, limit: int):
+        self.directory = directory
+        self.limit = limit
+        self.parts: list[str] = []
+        self.handle: IO[str] | None = None
+        self.size = 0
+
+    def write(self, line: str) -> None:
+        if self.handle is None:
+            name = f"wiki_{len(self.parts):05d}.jsonl"
+            self.parts.append(name)
+            self.handle = (self.directory / f".{name}.tmp").open("w", encoding="utf-8")
+            self.size = 0
+        self.handle.write(line)
+        self.size += len(line.encode("utf-8"))
+        if self.size >= self.limit:
+            self._close()
+
+    def _close(self) -> None:
+        if self.handle is not None:
+            self.handle.close()
+            name = self.parts[-1]
+            os.replace(self.directory / f".{name}.tmp", self.directory / name)
+            self.handle = None
+
+    def close(self) -> None:
+        self._close()
+
+
+# ---------------------------------------------------------------------------- extracting
+
+
+def dump_files(inputs: list[Path]) -> list[Path]:
+    """Dump files named directly or found in directories (sorted), or UserError."""
+    files: list[Path] = []
+    for path in inputs:
+        if path.is_dir():
+            found = sorted(
+                p for p in path.iterdir() if re.search(r"\.xml(\.bz2|\.gz)?$|\.xml-p\d+p\d+", p.name)
+            )
+            if not found:
+                raise UserError(f"--input: directory {path} holds no .xml/.xml.bz2 dump files")
+            files.extend(found)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise UserError(f"--input: no such file {path}")
+    if not files:
+        raise UserError("--input: no dump files given")
+    return files
+
+
+def extract(
+    inputs: list[Path],
+    out: Path,
+    workers: int = 1,
+    part_size_mb: float = 100.0,
+    reporter: Reporter | None = None,
+    source: dict[str, Any] | None = None,
+) -> ExtractResult:
+    """Extract the articles of `inputs` into JSON-lines parts in `out` (replaced atomically)."""
+    reporter = reporter or Reporter()
+    if workers < 1:
+        raise UserError(f"--workers must be >= 1, got {workers}")
+    if not part_size_mb > 0:
+        raise UserError(f"--part-size must be > 0 MB, got {part_size_mb}")
+    files = dump_files(inputs)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} exists and is not a directory")
+    result = ExtractResult(directory=str(out), files=[str(f) for f in files])
+    total = sum(f.stat().st_size for f in files)
+    started = time.perf_counter()
+    with atomic_directory(out) as tmp:
+        writer = _PartWriter(tmp, int(part_size_mb * 1e6))
+        pool = ProcessPoolExecutor(workers) if workers > 1 else None
+        pending: deque[Future[list[str]]] = deque()
+        reporter.start("Extracting articles", total=total, unit="bytes")
+        try:
+            done_bytes = 0
+            for path in files:
+                done_bytes = _extract_file(
+                    path, result, writer, pool, pending, workers, reporter, done_bytes, started
+                )
+            while pending:
+                for line in pending.popleft().result():
+                    writer.write(line)
+            writer.close()
+        finally:
+            reporter.finish()
+            if pool is not None:
+                pool.shutdown(cancel_futures=True)
+        result.bytes_read = done_bytes
+        result.seconds = time.perf_counter() - started
+        result.parts = [str(out / name) for name in writer.parts]
+        result.articles = sum(_count_lines(tmp / name) for name in writer.parts)
+        result.empty = result.pages - result.redirects - result.other_namespaces - result.articles
+        marker = {"name": "wikipedia", "complete": not result.cut, **(source or {})}
+        marker.update(asdict(result))
+        (tmp / MARKER).write_text(json.dumps(marker, indent=2, ensure_ascii=False) + "\n")
+    return result
+
+
+def _count_lines(path: Path) -> int:
+    with path.open("rb") as handle:
+        return sum(1 for _ in handle)
+
+
+def _extract_file(
+    path: Path,
+    result: ExtractResult,
+    writer: _PartWriter,
+    pool: ProcessPoolExecutor | None,
+    pending: deque[Future[list[str]]],
+    workers: int,
+    reporter: Reporter,
+    done_bytes: int,
+    started: float,
+) -> int:
+    """Read one dump, feed batches to the pool (at most 2 per worker in flight), write in order."""
+    stream, counter = _open_dump(path)
+    sites: list[Site] = []
+    batch: list[tuple[str, str, str]] = []
+    chars = 0
+    reported = 0
+    pages_before = result.pages
+
+    def submit() -> None:
+        nonlocal batch, chars
+        site = sites[0] if sites else Site()
+        if pool is None:
+            for line in clean_batch(batch, site):
+                writer.write(line)
+        else:
+            pending.append(pool.submit(clean_batch, batch, site))
+            while len(pending) > 2 * workers:
+                for line in pending.popleft().result():
+                    writer.write(line)
+        batch, chars = [], 0
+
+    try:
+        for page in iter_pages(stream, sites):
+            result.pages += 1
+            if page.redirect:
+                result.redirects += 1
+            elif page.ns.strip() != "0":
+                result.other_namespaces += 1
+            else:
+                batch.append((page.id, page.title, page.text))
+                chars += len(page.text)
+                if chars >= BATCH_CHARS:
+                    submit()
+            if counter.count - reported >= 1 << 20 or result.pages % 1000 == 0:
+                elapsed = max(time.perf_counter() - started, 1e-9)
+                reporter.advance(
+                    counter.count - reported,
+                    pages=result.pages,
+                    pages_per_s=round(result.pages / elapsed),
+                )
+                reported = counter.count
+        if sites == [] and result.pages == 0:
+            raise ET.ParseError("no MediaWiki <siteinfo> or <page> found")
+    except (ET.ParseError, EOFError, OSError) as exc:
+        what = "XML" if isinstance(exc, ET.ParseError) else "compressed data"
+        result.cut.append(
+            f"{path.name}: {what} cut off after {result.pages - pages_before} pages "
+            f"({counter.count:,} of {path.stat().st_size:,} bytes read): {exc}"
+        )
+    finally:
+        stream.close()
+    if batch:
+        submit()
+    reporter.advance(counter.count - reported, pages=result.pages)
+    return done_bytes + counter.count
+
+
+def download_wikipedia(
+    out: Path,
+    lang: str = "en",
+    date: str | None = None,
+    inputs: list[Path] | None = None,
+    url: str | None = None,
+    workers: int = 1,
+    part_size_mb: float = 100.0,
+    reporter: Reporter | None = None,
+    retries: int = 5,
+    backoff: float = 1.0,
+    timeout: float = 30.0,
+) -> ExtractResult:
+    """Fetch (or take `inputs`) a pages-articles dump and extract it into `out`.
+
+    Dump files are kept in `OUT-dump/` beside `out` (so `preprocess --input OUT` reads only the
+    text). A dump cut off raises UserError after the articles before the cut are in place."""
+    reporter = reporter or Reporter()
+    source: dict[str, Any]
+    if inputs:
+        if date is not None or url is not None:
+            raise UserError("--input extracts a dump on disk; drop --date/--url")
+        files, source = list(inputs), {"input": [str(p) for p in inputs]}
+    else:
+        dump = None
+        errors = []
+        for base in (url,) if url else MIRRORS:
+            try:
+                dump = find_dump(lang, date, base, timeout)
+                break
+            except (urllib.error.URLError, OSError) as exc:
+                errors.append(f"{base}: {getattr(exc, 'reason', exc)}")
+        if dump is None:
+            raise UserError("could not reach a dump server: " + "; ".join(errors))
+        reporter.log(f"{dump.db} {dump.date}: {len(dump.files)} file(s) of {dump.job} at {dump.base}")
+        dump_dir = out.parent / f"{out.name}-dump"
+        files = fetch_dump(dump, dump_dir, reporter, retries, backoff, timeout)
+        source = {
+            "lang": lang,
+            "db": dump.db,
+            "date": dump.date,
+            "job": dump.job,
+            "dump": {f.name: f.sha1 for f in dump.files},
+        }
+    result = extract(files, out, workers, part_size_mb, reporter, source)
+    if result.cut:
+        raise UserError(
+            f"dump cut off, {result.articles} articles before the cut kept in {out} "
+            f"(marked incomplete): {'; '.join(result.cut)}"
+        )
+    return result
