@@ -12,9 +12,10 @@ from bertcli.data.datasets import PreprocessedDataset, TextDataset, collate
 from bertcli.errors import UserError
 from bertcli.hf import is_checkpoint_dir, load_pretrained
 from bertcli.metrics import EvalSums
-from bertcli.model import IGNORE_INDEX, BertForPreTraining
+from bertcli.model import BertForPreTraining, masked_positions
 from bertcli.tokenizer import BertTokenizer, load_tokenizer
 from bertcli.train.runtime import Runtime
+from bertcli.unpad import Unpadding
 
 
 @torch.no_grad()
@@ -38,18 +39,24 @@ def evaluate_model(
     reporter.start("Evaluating", total=len(batches), unit="batches")
     for batch_indices in batches:
         batch = collate([dataset[i] for i in batch_indices])
+        # positions and the unpadding record come from the CPU batch: no sync, static head
+        if "masked_lm_positions" not in batch:
+            batch["masked_lm_positions"] = masked_positions(batch["masked_lm_labels"])
+        record = Unpadding.from_mask(batch["attention_mask"])
+        record = None if record.dense else record.to(runtime.device, non_blocking=True)
         batch = {k: v.to(runtime.device, non_blocking=True) for k, v in batch.items()}
-        labels = batch["masked_lm_labels"]
         with runtime.autocast():
             out = model(
                 batch["input_ids"],
                 batch["token_type_ids"],
                 batch["attention_mask"],
-                masked_lm_labels=labels,
-            )
+                masked_lm_labels=batch["masked_lm_labels"],
+                masked_lm_positions=batch["masked_lm_positions"],
+                unpadding=record,
+            )  # label_smoothing stays 0: evaluation reports the plain loss and perplexity
         sums.add_batch(
-            out.mlm_logits,
-            labels[labels != IGNORE_INDEX],
+            out.mlm_logits.flatten(0, 1),  # (B * P, V)
+            out.mlm_targets.flatten(),  # (B * P,), -100 at empty slots: not counted
             out.nsp_logits,
             batch["next_sentence_labels"],
         )

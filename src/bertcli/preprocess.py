@@ -35,7 +35,11 @@ from bertcli.data.examples import (
     assemble,
     continuation_mask,
     document_pairs,
+    is_short_document,
     mask_sequence,
+    packed_example,
+    packed_windows,
+    stream_starts,
 )
 from bertcli.data.shards import ShardAppender
 from bertcli.errors import UserError
@@ -63,6 +67,7 @@ class PreprocessConfig:
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
     shard_size: int = 65536
     eval_fraction: float = 0.0
+    nsp: bool = True  # False: MLM-only, text packed into full sequences (no pairs)
 
     def __post_init__(self) -> None:
         if not 8 <= self.max_seq_length <= MAX_SEQ_LENGTH_LIMIT:
@@ -96,6 +101,7 @@ class PreprocessConfig:
             f"lower_case_{int(lowercase)}_seq_len_{self.max_seq_length}"
             f"_max_pred_{self.max_predictions_per_seq}_masked_lm_prob_{self.masked_lm_prob}"
             f"_random_seed_{self.seed}_dupe_factor_{self.dupe_factor}"
+            + ("" if self.nsp else "_packed_no_nsp")
         )
 
 
@@ -187,13 +193,15 @@ def make_block_examples(
     for doc in documents:
         ids = [encoded[k + j].ids for j in range(len(doc))]
         k += len(doc)
-        if sum(len(s) for s in ids) < 2:
+        if is_short_document(ids):  # the one rule, shared with pretrain --data-text
             skipped += 1
             continue
         tokenized.append(ids)
     corpus = Corpus.from_documents(tokenized)
     rng = random.Random(f"{config.seed}:{namespace}:{block}")
     gen = np.random.default_rng([config.seed, block, 0 if namespace == "train" else 1])
+    if not config.nsp:
+        return _packed_arrays(corpus, config, spec, rng, gen), skipped, len(corpus.tokens), 0
     pairs = []
     for _ in range(config.dupe_factor):
         for d in range(corpus.num_documents):
@@ -206,9 +214,22 @@ def make_block_examples(
     return arrays, skipped, len(corpus.tokens), random_next
 
 
-def _pairs_to_arrays(tokens, pairs, config: PreprocessConfig, spec: MaskingSpec, gen) -> dict:
-    n, seq, pred = len(pairs), config.max_seq_length, config.max_predictions_per_seq
-    out = {
+def _packed_arrays(corpus: Corpus, config: PreprocessConfig, spec: MaskingSpec, rng, gen):
+    """MLM-only: the block's documents packed into full windows (see `examples.py`), each
+    `dupe_factor` times with different masks, shuffled; the block's last window may be short."""
+    stream, seq = stream_starts(corpus), config.max_seq_length
+    windows = [w for _ in range(config.dupe_factor) for w in range(packed_windows(stream, seq))]
+    rng.shuffle(windows)
+    out = _empty_arrays(len(windows), config)
+    for row, window in enumerate(windows):
+        ids, _, length = packed_example(corpus.tokens, 0, stream, window, seq, spec)
+        _fill_row(out, row, ids, np.zeros_like(ids, dtype=np.int8), length, 0, spec, gen)
+    return out
+
+
+def _empty_arrays(n: int, config: PreprocessConfig) -> dict:
+    seq, pred = config.max_seq_length, config.max_predictions_per_seq
+    return {
         "input_ids": np.zeros((n, seq), dtype=np.int32),
         "input_mask": np.zeros((n, seq), dtype=np.int8),
         "segment_ids": np.zeros((n, seq), dtype=np.int8),
@@ -216,15 +237,23 @@ def _pairs_to_arrays(tokens, pairs, config: PreprocessConfig, spec: MaskingSpec,
         "masked_lm_ids": np.zeros((n, pred), dtype=np.int32),
         "next_sentence_labels": np.zeros(n, dtype=np.int8),
     }
+
+
+def _fill_row(out: dict, row: int, ids, segments, length: int, label: int, spec, gen) -> None:
+    ids, positions, labels = mask_sequence(ids, length, spec, gen)
+    out["input_ids"][row] = ids
+    out["input_mask"][row, :length] = 1
+    out["segment_ids"][row] = segments
+    out["masked_lm_positions"][row, : len(positions)] = positions
+    out["masked_lm_ids"][row, : len(labels)] = labels
+    out["next_sentence_labels"][row] = label
+
+
+def _pairs_to_arrays(tokens, pairs, config: PreprocessConfig, spec: MaskingSpec, gen) -> dict:
+    out = _empty_arrays(len(pairs), config)
     for row, pair in enumerate(pairs):
-        ids, segments, length = assemble(tokens, pair, seq, spec)
-        ids, positions, labels = mask_sequence(ids, length, spec, gen)
-        out["input_ids"][row] = ids
-        out["input_mask"][row, :length] = 1
-        out["segment_ids"][row] = segments
-        out["masked_lm_positions"][row, : len(positions)] = positions
-        out["masked_lm_ids"][row, : len(labels)] = labels
-        out["next_sentence_labels"][row] = pair[4]
+        ids, segments, length = assemble(tokens, pair, config.max_seq_length, spec)
+        _fill_row(out, row, ids, segments, length, pair[4], spec, gen)
     return out
 
 

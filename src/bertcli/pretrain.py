@@ -12,6 +12,7 @@ import json
 import platform
 import time
 from dataclasses import asdict, dataclass, field
+from datetime import timedelta
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,8 @@ from bertcli import __version__
 from bertcli.atomic import write_text_atomic
 from bertcli.config import BertConfig
 from bertcli.console import Reporter
-from bertcli.data.datasets import PreprocessedDataset, TextDataset
+from bertcli.data.blend import describe_sources, open_shard_data
+from bertcli.data.datasets import TextDataset
 from bertcli.errors import UserError
 from bertcli.evaluate import check_positions, check_vocab
 from bertcli.hf import is_checkpoint_dir, load_config, load_pretrained
@@ -258,6 +260,28 @@ def run_pretraining(config: PretrainConfig, reporter: Reporter | None = None) ->
         shutdown(runtime)
 
 
+def _text_data(runtime: Runtime, files, tokenizer, flag: str, log: Reporter, options: dict):
+    """Rank 0 tokenizes into the run's token store while the other ranks wait (as long as it
+    takes: a key in the rendezvous store, not a collective with a timeout); then every rank
+    maps the same store, so a node holds one copy in its page cache."""
+    if not runtime.distributed:
+        return TextDataset(files, tokenizer, flag=flag, reporter=log, **options)
+    store = dist.distributed_c10d._get_default_store()
+    key = f"bertcli/token-store{flag}"
+    if runtime.is_main:
+        try:
+            data = TextDataset(files, tokenizer, flag=flag, reporter=log, **options)
+        except BaseException:
+            store.set(key, "failed")
+            raise
+        store.set(key, "ok")
+        return data
+    store.wait([key], timedelta(days=30))
+    if store.get(key) != b"ok":
+        raise UserError(f"{flag}: rank 0 failed to tokenize the corpus (its error says why)")
+    return TextDataset(files, tokenizer, flag=flag, build=False, **options)
+
+
 def _run(
     config: PretrainConfig, runtime: Runtime, log: Reporter, cleanup: contextlib.ExitStack
 ) -> dict[str, Any]:
@@ -292,17 +316,19 @@ def _run(
             input_format=config.input_format,
             cache_dir=out / "cache",
         )
-        train_data = TextDataset(
-            train_files, tokenizer, flag="--train-data", reporter=log, **options
-        )
+        options["nsp"] = config.train.nsp  # --no-nsp packs text (no pairs)
+        train_data = _text_data(runtime, train_files, tokenizer, "--train-data", log, options)
         eval_data = (
-            TextDataset(eval_files, tokenizer, flag="--eval-data", **options)
+            _text_data(runtime, eval_files, tokenizer, "--eval-data", log, options)
             if eval_files
             else None
         )
     else:
-        train_data = PreprocessedDataset(train_files[0], seed=config.train.seed)
-        eval_data = PreprocessedDataset(eval_files[0], flag="--eval-data") if eval_files else None
+        # every directory given, blended (DIR:WEIGHT) when there are several: see data/blend.py
+        train_data = open_shard_data(train_files, seed=config.train.seed, flag="--train-data")
+        eval_data = (
+            open_shard_data(eval_files, flag="--eval-data", weights=False) if eval_files else None
+        )
         for data in (train_data, eval_data):
             if data is not None:
                 check_positions(
@@ -333,7 +359,11 @@ def _run(
     if runtime.is_main:
         out.mkdir(parents=True, exist_ok=True)
         model_config.save(out / "bert-config.json")
-        _write_run_json(out, config, runtime, model, train_files, eval_files, tokenizer)
+        sources = {  # the shard directories, weights and examples per epoch actually used
+            "train_sources": describe_sources(train_data),
+            "eval_sources": describe_sources(eval_data),
+        }
+        _write_run_json(out, config, runtime, model, train_files, eval_files, tokenizer, sources)
     runtime.barrier()
     trainer = Trainer(
         config.train,
@@ -360,7 +390,9 @@ def _run(
     return result
 
 
-def _write_run_json(out, config, runtime, model, train_files, eval_files, tokenizer) -> None:
+def _write_run_json(
+    out, config, runtime, model, train_files, eval_files, tokenizer, sources=None
+) -> None:
     import tokenizers
 
     data = {
@@ -374,6 +406,7 @@ def _write_run_json(out, config, runtime, model, train_files, eval_files, tokeni
         "parameters": model.num_parameters(),
         "train_files": [str(p) for p in train_files],
         "eval_files": [str(p) for p in eval_files],
+        **(sources or {}),
         "tokenizer": str(tokenizer.path) if tokenizer is not None and tokenizer.path else None,
         "config": json.loads(json.dumps(asdict(config), default=str)),
         "model_config": model.config.to_dict(),

@@ -7,7 +7,14 @@ import numpy as np
 import pytest
 
 from bertcli.data.datasets import PreprocessedDataset
-from bertcli.data.shards import KEYS, ShardArrays, read_shard, shard_length, write_shard
+from bertcli.data.shards import (
+    KEYS,
+    ShardArrays,
+    check_header,
+    read_shard,
+    shard_length,
+    write_shard,
+)
 from bertcli.errors import UserError
 
 
@@ -101,3 +108,113 @@ def test_missing_key_and_bad_shapes_are_named(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="holds no"):
         PreprocessedDataset(tmp_path / "empty")
+
+
+# Each bad value, where it sits, and the words the one-line error must contain.
+BAD_VALUES = {
+    "id-too-large": (
+        "input_ids",
+        (4, 7),
+        1000,
+        r"input_ids holds 1,000 \(example 4\), but ids "
+        r"must be below 1,000; likely preprocessed with a larger vocabulary",
+    ),
+    "label-too-large": ("masked_lm_ids", (2, 1), 5000, r"masked_lm_ids holds 5,000 \(example 2\)"),
+    "negative-id": ("input_ids", (1, 0), -3, r"input_ids holds -3 .*cannot be negative"),
+    "negative-label": ("masked_lm_ids", (0, 0), -1, r"masked_lm_ids holds -1"),
+    "position-beyond": (
+        "masked_lm_positions",
+        (3, 2),
+        16,
+        r"masked_lm_positions holds 16 .*below the sequence "
+        r"length 16",
+    ),
+    "position-negative": (
+        "masked_lm_positions",
+        (5, 0),
+        -2,
+        r"masked_lm_positions holds -2 .*cannot be negative",
+    ),
+    "segment-2": ("segment_ids", (6, 9), 2, r"segment_ids holds 2 \(example 6\).*two segments"),
+    "nsp-2": ("next_sentence_labels", (8,), 2, r"next_sentence_labels holds 2 .*NSP label"),
+    "mask-3": ("input_mask", (9, 1), 3, r"input_mask holds 3"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_VALUES))
+def test_bad_values_are_named_when_the_shard_is_opened(tmp_path, case):
+    key, where, value, needle = BAD_VALUES[case]
+    arrays = random_arrays()
+    getattr(arrays, key)[where] = value
+    write_shard(tmp_path / "bad.hdf5", arrays)
+    assert shard_length(tmp_path / "bad.hdf5") == (10, 16, 3)  # the header alone looks fine
+    with pytest.raises(UserError, match=r"bad.hdf5: " + needle):
+        read_shard(tmp_path / "bad.hdf5", vocab_size=1000)
+    with pytest.raises(UserError, match=needle):  # the first shard: at start, before any step
+        PreprocessedDataset(tmp_path).check_vocab(1000)
+    write_shard(tmp_path / "a.hdf5", random_arrays(seed=1))  # now the bad shard comes second
+    ds = PreprocessedDataset(tmp_path)
+    ds.check_vocab(1000)
+    assert ds[9]["input_ids"].shape == (16,)
+    with pytest.raises(UserError, match=needle):  # when it is opened
+        ds[10]
+
+
+def test_vocabulary_bound_is_the_models(tmp_path):
+    arrays = random_arrays()  # ids below 1000
+    write_shard(tmp_path / "s.hdf5", arrays)
+    read_shard(tmp_path / "s.hdf5", vocab_size=1000)  # fits exactly: max id 999 < 1000
+    top = int(max(arrays.input_ids.max(), arrays.masked_lm_ids.max()))
+    read_shard(tmp_path / "s.hdf5", vocab_size=top + 1)
+    with pytest.raises(UserError, match=rf"holds {top:,} .*below {top:,}"):
+        read_shard(tmp_path / "s.hdf5", vocab_size=top)
+    read_shard(tmp_path / "s.hdf5")  # no vocabulary given: only the vocabulary-free checks
+
+
+def test_header_records_the_vocabulary_and_is_checked_at_start(tmp_path):
+    arrays = random_arrays()
+    arrays.input_ids[:] %= 900
+    arrays.masked_lm_ids[:] %= 900
+    write_shard(tmp_path / "a.hdf5", arrays, attrs={"vocab_size": 30522})
+    with h5py.File(tmp_path / "a.hdf5") as f:
+        assert int(f.attrs["vocab_size"]) == 30522
+    with pytest.raises(
+        UserError, match="a.hdf5: preprocessed with a 30,522-token vocabulary; this model has 2,000"
+    ):
+        check_header(tmp_path / "a.hdf5", 2000)
+    check_header(tmp_path / "a.hdf5", 30522)
+    check_header(tmp_path / "a.hdf5", 30528)  # DLE pads the embedding table to a multiple of 8
+    ds = PreprocessedDataset(tmp_path)
+    with pytest.raises(UserError, match="30,522-token vocabulary; this model has 2,000"):
+        ds.check_vocab(2000)
+    # the header names the cause even where the values alone are read
+    arrays.input_ids[0, 3] = 2500
+    write_shard(tmp_path / "a.hdf5", arrays, attrs={"vocab_size": 30522})
+    with pytest.raises(UserError, match="2,500 .*30,522-token vocabulary; this model has 2,000"):
+        read_shard(tmp_path / "a.hdf5", vocab_size=2000)
+
+
+def test_preprocess_writes_the_tokenizer_vocabulary_into_every_header(tmp_path):
+    from bertcli.preprocess import PreprocessConfig, preprocess
+    from bertcli.tokenizer import train_tokenizer
+    from tests.conftest import WIKITEXT2, require
+
+    (tmp_path / "c.txt").write_text(require(WIKITEXT2 / "valid.txt").read_text()[:30_000])
+    tok, _ = train_tokenizer("wordpiece", [tmp_path / "c.txt"], 600, tmp_path / "tok")
+    config = PreprocessConfig(
+        inputs=[tmp_path / "c.txt"],
+        out=tmp_path / "out",
+        workers=1,
+        shard_size=50,
+        eval_fraction=0.2,
+        dupe_factor=1,
+        max_seq_length=32,
+    )
+    result = preprocess(config, tok)
+    shards = sorted((tmp_path / "out").rglob("*.hdf5"))
+    assert len(shards) >= 3 and any("eval" in p.name for p in shards)
+    for path in shards:
+        with h5py.File(path) as f:
+            assert int(f.attrs["vocab_size"]) == tok.vocab_size == 600
+        read_shard(path, vocab_size=600)  # our own output passes every value check
+    assert result.train_shards >= 2

@@ -1,7 +1,9 @@
 """The two datasets pretrain and evaluate read, yielding one and the same example dict:
 
 `input_ids`, `token_type_ids`, `attention_mask`, `masked_lm_labels` (-100 where nothing is
-predicted) and `next_sentence_labels` (1 = B is random), each a numpy int64 array.
+predicted), `masked_lm_positions` (P = max_predictions_per_seq: the predicted positions
+ascending, then 0s; position 0 is [CLS], never predicted) and `next_sentence_labels`
+(1 = B is random; always 0 for packed MLM-only text), each a numpy int64 array.
 
 Both are map-style with an explicit per-epoch `order(epoch)`; the trainer deals the order out to
 DDP ranks (`order[rank::world]`) and can skip to any position, which is what exact resume needs.
@@ -9,9 +11,10 @@ DDP ranks (`order[rank::world]`) and can skip to any position, which is what exa
 
 from __future__ import annotations
 
-import hashlib
-import os
 import random
+import shutil
+import tempfile
+import weakref
 from collections import OrderedDict
 from pathlib import Path
 
@@ -19,16 +22,29 @@ import numpy as np
 import torch
 
 from bertcli.console import Reporter
-from bertcli.data.corpus import CorpusStats, check_input_files, read_documents
+from bertcli.data.corpus import check_input_files
 from bertcli.data.examples import (
-    Corpus,
     MaskingSpec,
     assemble,
+    block_pairs,
     continuation_mask,
-    document_pairs,
     mask_sequence,
+    packed_example,
+    packed_windows,
 )
-from bertcli.data.shards import find_shards, labels_from_positions, read_shard, shard_length
+from bertcli.data.shards import (
+    check_header,
+    find_shards,
+    labels_from_positions,
+    read_shard,
+    shard_length,
+)
+from bertcli.data.token_store import (  # noqa: F401 (corpus_cache_key: public)
+    TokenStore,
+    corpus_cache_key,
+    open_or_build,
+    store_path,
+)
 from bertcli.errors import UserError
 from bertcli.tokenizer import BertTokenizer
 
@@ -47,26 +63,39 @@ class PreprocessedDataset(torch.utils.data.Dataset):
         self.files = find_shards(directory, flag)
         sizes = []
         shapes = set()
+        preds = []
         for path in self.files:
             n, seq, pred = shard_length(path)
             sizes.append(n)
             shapes.add(seq)
+            preds.append(pred)
         if len(shapes) != 1:
             raise UserError(f"{flag}: shards in {directory} mix sequence lengths {sorted(shapes)}")
         self.max_seq_length = shapes.pop()
+        # P of `masked_lm_positions`: the widest shard's; a blend raises it to its widest dir's
+        self.max_predictions = max(preds)
         self.sizes = np.asarray(sizes, dtype=np.int64)
         self.starts = np.concatenate([[0], np.cumsum(self.sizes)])
         self.seed = seed
         self._cache: OrderedDict[int, object] = OrderedDict()
+        self.vocab_size: int | None = None  # set by check_vocab: ids checked on every open
         if self.starts[-1] == 0:
             raise UserError(f"{flag}: the shards in {directory} hold no examples")
 
     def __len__(self) -> int:
         return int(self.starts[-1])
 
+    def check_vocab(self, vocab_size: int) -> None:
+        """Every shard's header and the first shard's values now, before any step; the values of
+        each later shard when it is opened."""
+        for path in self.files:
+            check_header(path, vocab_size)
+        read_shard(self.files[0], vocab_size)  # not cached: DataLoader workers copy the dataset
+        self.vocab_size = vocab_size
+
     def _shard(self, index: int):
         if index not in self._cache:
-            self._cache[index] = read_shard(self.files[index])
+            self._cache[index] = read_shard(self.files[index], self.vocab_size)
             while len(self._cache) > 2:
                 self._cache.popitem(last=False)
         return self._cache[index]
@@ -76,6 +105,8 @@ class PreprocessedDataset(torch.utils.data.Dataset):
         shard = self._shard(s)
         j = i - int(self.starts[s])
         seq = shard.max_seq_length
+        positions = np.zeros(self.max_predictions, dtype=np.int64)  # 0-padded: 0 is [CLS]
+        positions[: shard.max_predictions_per_seq] = shard.masked_lm_positions[j]
         return {
             "input_ids": shard.input_ids[j].astype(np.int64),
             "token_type_ids": shard.segment_ids[j].astype(np.int64),
@@ -83,6 +114,7 @@ class PreprocessedDataset(torch.utils.data.Dataset):
             "masked_lm_labels": labels_from_positions(
                 shard.masked_lm_positions[j], shard.masked_lm_ids[j], seq
             ),
+            "masked_lm_positions": positions,
             "next_sentence_labels": np.asarray(shard.next_sentence_labels[j], dtype=np.int64),
         }
 
@@ -90,7 +122,10 @@ class PreprocessedDataset(torch.utils.data.Dataset):
         """Shards in a random order, examples shuffled within each: few shard loads per epoch."""
         if not shuffle:
             return np.arange(len(self))
-        gen = np.random.default_rng([self.seed, epoch])
+        return self.shard_local_permutation(np.random.default_rng([self.seed, epoch]))
+
+    def shard_local_permutation(self, gen: np.random.Generator) -> np.ndarray:
+        """Every index once: shards in a random order, examples shuffled within each."""
         parts = [
             self.starts[s] + gen.permutation(int(self.sizes[s]))
             for s in gen.permutation(len(self.files))
@@ -98,60 +133,27 @@ class PreprocessedDataset(torch.utils.data.Dataset):
         return np.concatenate(parts)
 
 
-def corpus_cache_key(files: list[Path], tokenizer: BertTokenizer, input_format: str) -> str:
-    """sha256 over the tokenizer's JSON, the format and every file's content."""
-    digest = hashlib.sha256()
-    digest.update(tokenizer.tokenizer.to_str().encode())
-    digest.update(input_format.encode())
-    for path in files:
-        with path.open("rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()[:24]
-
-
-def tokenize_corpus(
-    files: list[Path],
-    tokenizer: BertTokenizer,
-    input_format: str = "auto",
-    reporter: Reporter | None = None,
-) -> tuple[Corpus, CorpusStats]:
-    """Read and tokenize every document (batched through the Rust tokenizer)."""
-    stats = CorpusStats()
-    reporter = reporter or Reporter()
-    reporter.start("Tokenizing", total=sum(p.stat().st_size for p in files), unit="bytes")
-    seen = 0
-    documents: list[list[list[int]]] = []
-    batch: list[list[str]] = []
-
-    def flush() -> None:
-        sentences = [s for doc in batch for s in doc]
-        ids = tokenizer.encode_batch(sentences)
-        k = 0
-        for doc in batch:
-            documents.append(ids[k : k + len(doc)])
-            k += len(doc)
-        batch.clear()
-        nonlocal seen
-        reporter.advance(stats.bytes - seen)
-        seen = stats.bytes
-
-    for doc in read_documents(files, input_format, stats):
-        batch.append(doc)
-        if len(batch) >= 256:
-            flush()
-    if batch:
-        flush()
-    reporter.finish()
-    return Corpus.from_documents(documents), stats
-
-
 class TextDataset(torch.utils.data.Dataset):
-    """Raw text, tokenized once (cached), with NSP pairs and masks made fresh every epoch.
+    """Raw text, tokenized once into a memory-mapped token store, examples made on the fly.
+
+    With NSP (the default), BERT's pairing runs lazily per block of documents (about
+    `BLOCK_TOKENS` tokens; see `token_store`), seeded by (seed, epoch, block), when a block is
+    first read in an epoch: an epoch starts without touching the corpus. Block b holds a fixed
+    `capacity[b]` examples: the number of pairs it makes in epoch 0 where that was measured (up
+    to `CALIBRATION_BLOCKS` blocks spread over the corpus, so every block of a small corpus),
+    else its tokens times the measured pairs per token. An epoch's example j of block b is pair
+    `perm[j % m]` of the m pairs the block makes that epoch (`perm` a seeded permutation): pairs
+    are drawn without replacement, cycling only if the block made fewer than its capacity.
+
+    Without NSP (`nsp=False`), examples are packed windows of the corpus stream (see
+    `examples.py`): example i is window i, and `next_sentence_labels` is always 0.
 
     An example depends only on (seed, epoch, index): a resumed run sees exactly the batches an
-    uninterrupted one would, whichever rank reads it.
+    uninterrupted one would, whichever rank or DataLoader worker reads it.
     """
+
+    CALIBRATION_BLOCKS = 8
+    WINDOW_BLOCKS = 16  # blocks shuffled together: a batch mixes ~2M tokens' worth of documents
 
     def __init__(
         self,
@@ -167,11 +169,14 @@ class TextDataset(torch.utils.data.Dataset):
         cache_dir: str | Path | None = None,
         flag: str = "--train-data",
         reporter: Reporter | None = None,
+        nsp: bool = True,
+        build: bool = True,
     ):
         paths = check_input_files(files, flag)
         self.max_seq_length = max_seq_length
         self.short_seq_prob = short_seq_prob
         self.seed = seed
+        self.nsp = nsp
         self.spec = MaskingSpec(
             vocab_size=tokenizer.vocab_size,
             cls_id=tokenizer.cls_id,
@@ -183,71 +188,161 @@ class TextDataset(torch.utils.data.Dataset):
             whole_word_masking=whole_word_masking,
             continuation=continuation_mask(tokenizer) if whole_word_masking else None,
         )
+        if cache_dir is None:
+            # no run directory (evaluate, tests): a private store, removed with the dataset
+            cache_dir = tempfile.mkdtemp(prefix="bertcli-tokens-")
+            weakref.finalize(self, shutil.rmtree, cache_dir, True)
         # the reporter is used while loading only: it must not travel to DataLoader workers
-        self.corpus = self._load(paths, tokenizer, input_format, cache_dir, reporter)
-        if self.corpus.num_documents == 0 or len(self.corpus.tokens) < 2:
+        path = store_path(paths, tokenizer, input_format, Path(cache_dir))
+        if build:
+            store = open_or_build(paths, tokenizer, input_format, path, reporter)
+        else:
+            store = _open_shared(path)
+        self._attach(store)
+        self.stats = store.stats
+        if store.stats.documents == 0 or len(store.tokens) < 2:
             raise UserError(f"{flag}: the corpus has no text to train on")
-        self.epoch = -1
-        self.pairs = np.zeros((0, 5), dtype=np.int64)
-        self.set_epoch(0)
-        if len(self.pairs) == 0:
+        self.epoch = 0
+        self._pairs: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        if nsp:
+            self.capacity = self._calibrate()
+        else:
+            self.capacity = np.asarray(
+                [packed_windows(store.stream_start, max_seq_length)], dtype=np.int64
+            )
+        self.index_start = np.concatenate([[0], np.cumsum(self.capacity)])
+        if len(self) == 0:
             raise UserError(f"{flag}: the corpus is too short to make any example")
 
-    def _load(self, paths, tokenizer, input_format, cache_dir, reporter=None) -> Corpus:
-        if cache_dir is None:
-            return tokenize_corpus(paths, tokenizer, input_format, reporter)[0]
-        cache = Path(cache_dir) / f"tokens-{corpus_cache_key(paths, tokenizer, input_format)}.npz"
-        if cache.is_file():
-            try:
-                with np.load(cache) as data:
-                    return Corpus(data["tokens"], data["sent_start"], data["doc_start"])
-            except (OSError, ValueError, KeyError):
-                pass  # a damaged cache is rebuilt
-        corpus = tokenize_corpus(paths, tokenizer, input_format, reporter)[0]
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp.npz")
-        np.savez(
-            tmp, tokens=corpus.tokens, sent_start=corpus.sent_start, doc_start=corpus.doc_start
+    # ---- the store, shared by every process through mmap ----------------------------------
+
+    def _attach(self, store: TokenStore) -> None:
+        self.store_dir = store.directory
+        self.store = store
+        self.corpus = store.corpus
+        self.block_start = np.asarray(store.block_start)
+
+    def __getstate__(self) -> dict:
+        # DataLoader workers started by spawn/forkserver re-map the store instead of receiving
+        # a pickled copy of the mapped arrays
+        state = self.__dict__.copy()
+        for name in ("store", "corpus", "_pairs"):
+            state.pop(name, None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._attach(TokenStore.open(self.store_dir))
+        self._pairs = OrderedDict()
+
+    # ---- NSP pairs, lazily per block ------------------------------------------------------
+
+    def _make_pairs(self, block: int, epoch: int) -> np.ndarray:
+        rng = random.Random(f"{self.seed}:pairs:{epoch}:{block}")
+        first, last = int(self.block_start[block]), int(self.block_start[block + 1])
+        seq, short = self.max_seq_length, self.short_seq_prob
+        return block_pairs(self.corpus, first, last, seq, short, rng)
+
+    def _calibrate(self) -> np.ndarray:
+        """Each block's examples per epoch (see the class docstring)."""
+        num_blocks = len(self.block_start) - 1
+        block_tokens = np.diff(
+            np.asarray(self.corpus.sent_start[np.asarray(self.corpus.doc_start)[self.block_start]])
         )
-        os.replace(tmp, cache)
-        return corpus
+        sample = np.unique(
+            np.linspace(0, num_blocks - 1, min(num_blocks, self.CALIBRATION_BLOCKS)).astype(int)
+        )
+        counts = {int(b): len(self._make_pairs(int(b), 0)) for b in sample}
+        rate = sum(counts.values()) / max(1, int(block_tokens[sample].sum()))
+        capacity = np.maximum(1, np.round(block_tokens * rate)).astype(np.int64)
+        for b, count in counts.items():
+            capacity[b] = count
+        return capacity
+
+    def _block(self, block: int) -> tuple[np.ndarray, np.ndarray]:
+        if block not in self._pairs:
+            pairs = self._make_pairs(block, self.epoch)
+            gen = np.random.default_rng([self.seed, self.epoch, block, 1])
+            self._pairs[block] = (pairs, gen.permutation(len(pairs)))
+            while len(self._pairs) > 2 * self.WINDOW_BLOCKS:
+                self._pairs.popitem(last=False)
+        return self._pairs[block]
+
+    def _pair(self, block: int, slot: int) -> tuple[int, ...]:
+        num_blocks = len(self.capacity)
+        for step in range(num_blocks):  # a block that made no pair this epoch lends a neighbour's
+            pairs, perm = self._block((block + step) % num_blocks)
+            if len(pairs):
+                return tuple(int(x) for x in pairs[perm[slot % len(pairs)]])
+        raise UserError("the corpus is too short to make any example")
+
+    # ---- the Dataset interface ------------------------------------------------------------
 
     def set_epoch(self, epoch: int) -> None:
-        """Pair sentences for this epoch (BERT's algorithm over the whole corpus)."""
-        if epoch == self.epoch:
-            return
-        rng = random.Random(f"{self.seed}:pairs:{epoch}")
-        pairs = []
-        for d in range(self.corpus.num_documents):
-            pairs.extend(
-                document_pairs(self.corpus, d, self.max_seq_length, self.short_seq_prob, rng)
-            )
-        self.pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 5)
-        self.epoch = epoch
+        """Make this epoch's examples (pairs are made per block when first read)."""
+        if epoch != self.epoch:
+            self.epoch = epoch
+            self._pairs.clear()
 
     def __len__(self) -> int:
-        return len(self.pairs)
+        return int(self.index_start[-1])
 
     def __getitem__(self, i: int) -> Example:
-        pair = tuple(int(x) for x in self.pairs[i])
-        ids, segments, length = assemble(self.corpus.tokens, pair, self.max_seq_length, self.spec)
+        seq = self.max_seq_length
+        if self.nsp:
+            block = int(np.searchsorted(self.index_start, i, side="right") - 1)
+            pair = self._pair(block, i - int(self.index_start[block]))
+            ids, segments, length = assemble(self.corpus.tokens, pair, seq, self.spec)
+            label = pair[4]
+        else:
+            ids, segments, length = packed_example(
+                self.corpus.tokens, 0, self.store.stream_start, i, seq, self.spec
+            )
+            label = 0
         gen = np.random.default_rng([self.seed, self.epoch, i])
         ids, positions, labels = mask_sequence(ids, length, self.spec, gen)
-        mlm_labels = np.full(self.max_seq_length, -100, dtype=np.int64)
+        mlm_labels = np.full(seq, -100, dtype=np.int64)
         mlm_labels[positions] = labels
-        mask = np.zeros(self.max_seq_length, dtype=np.int64)
+        padded_positions = np.zeros(self.spec.max_predictions_per_seq, dtype=np.int64)
+        padded_positions[: len(positions)] = positions
+        mask = np.zeros(seq, dtype=np.int64)
         mask[:length] = 1
         return {
             "input_ids": ids.astype(np.int64),
             "token_type_ids": segments.astype(np.int64),
             "attention_mask": mask,
             "masked_lm_labels": mlm_labels,
-            "next_sentence_labels": np.asarray(pair[4], dtype=np.int64),
+            "masked_lm_positions": padded_positions,
+            "next_sentence_labels": np.asarray(label, dtype=np.int64),
         }
 
     def order(self, epoch: int, shuffle: bool = True) -> np.ndarray:
-        """A permutation of this epoch's examples (call `set_epoch(epoch)` first)."""
+        """This epoch's example order (and `set_epoch(epoch)`): packed windows in a random
+        order; NSP examples block by block in a random block order, shuffled within windows of
+        `WINDOW_BLOCKS` blocks, so a batch mixes many documents while a process pairs each block
+        once. Vectorised: no corpus pass."""
         self.set_epoch(epoch)
         if not shuffle:
             return np.arange(len(self))
-        return np.random.default_rng([self.seed, epoch, 7]).permutation(len(self))
+        gen = np.random.default_rng([self.seed, epoch, 7])
+        if not self.nsp:
+            return gen.permutation(len(self))
+        blocks = gen.permutation(len(self.capacity))
+        parts = []
+        for w in range(0, len(blocks), self.WINDOW_BLOCKS):
+            chosen = blocks[w : w + self.WINDOW_BLOCKS]
+            starts, sizes = self.index_start[chosen], self.capacity[chosen]
+            offsets = np.arange(int(sizes.sum())) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+            parts.append(gen.permutation(np.repeat(starts, sizes) + offsets))
+        return np.concatenate(parts)
+
+
+def _open_shared(path: Path) -> TokenStore:
+    """The store rank 0 built, as another rank sees it."""
+    try:
+        return TokenStore.open(path)
+    except (OSError, ValueError, KeyError, TypeError):
+        raise UserError(
+            f"this rank cannot read the token store {path} that rank 0 wrote: the run directory "
+            "(--out) must be on a filesystem shared by all ranks"
+        ) from None

@@ -11,6 +11,10 @@ One shard holds N examples as six gzip-compressed datasets, exactly as DLE's
 | `masked_lm_positions`  | i4    | (N, max_pred)   | predicted positions, ascending, 0-padded     |
 | `masked_lm_ids`        | i4    | (N, max_pred)   | original ids at those positions, 0-padded    |
 | `next_sentence_labels` | i1    | (N,)            | 1 = B is a random sentence                   |
+
+Our shards also carry the attribute `vocab_size` (the tokenizer's size at preprocessing), so a
+mismatched model is refused at start from the header alone; DLE's shards lack it and are
+checked by value (`check_values`) when each shard is opened.
 """
 
 from __future__ import annotations
@@ -65,11 +69,17 @@ class ShardArrays:
         return self.masked_lm_positions.shape[1]
 
 
-def write_shard(path: str | Path, arrays: ShardArrays, compression: str | None = "gzip") -> None:
+def write_shard(
+    path: str | Path,
+    arrays: ShardArrays,
+    compression: str | None = "gzip",
+    attrs: dict[str, int] | None = None,
+) -> None:
     """Write one shard atomically (a temporary name, then rename)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     with h5py.File(tmp, "w") as f:
+        f.attrs.update(attrs or {})
         for key in KEYS:
             f.create_dataset(
                 key,
@@ -83,10 +93,16 @@ class ShardAppender:
     """Writes one shard incrementally (resizable datasets), so memory holds one block, not a
     shard; the file appears under its final name only on `close()`."""
 
-    def __init__(self, path: str | Path, compression: str | None = "gzip"):
+    def __init__(
+        self,
+        path: str | Path,
+        compression: str | None = "gzip",
+        attrs: dict[str, int] | None = None,
+    ):
         self.path = Path(path)
         self.tmp = self.path.with_name(f".{self.path.name}.tmp")
         self.compression = compression
+        self.attrs = dict(attrs or {})
         self.file: h5py.File | None = None
         self.rows = 0
 
@@ -94,6 +110,7 @@ class ShardAppender:
         n = len(arrays["input_ids"])
         if self.file is None:
             self.file = h5py.File(self.tmp, "w")
+            self.file.attrs.update(self.attrs)
             for key in KEYS:
                 data = np.asarray(arrays[key], dtype=DTYPES[key])
                 chunk_rows = 1024 if data.ndim == 2 else 65536
@@ -171,13 +188,90 @@ def shard_length(path: str | Path) -> tuple[int, int, int]:
         return validate_shard(f, str(path))
 
 
-def read_shard(path: str | Path) -> ShardArrays:
-    """The whole shard in memory (validated), as DLE's loader does."""
+def read_shard(path: str | Path, vocab_size: int | None = None) -> ShardArrays:
+    """The whole shard in memory, its shapes and value ranges checked, as DLE's loader reads it.
+
+    With `vocab_size`, ids must also fit the model's embedding table.
+    """
     with open_shard(path) as f:
         validate_shard(f, str(path))
         data = {k: np.asarray(f[k][...]) for k in KEYS}
+        made_with = header_vocab_size(f)
     data["next_sentence_labels"] = data["next_sentence_labels"].reshape(-1)
-    return ShardArrays(**data)
+    arrays = ShardArrays(**data)
+    check_values(arrays, str(path), vocab_size, made_with)
+    return arrays
+
+
+def header_vocab_size(f: h5py.File) -> int | None:
+    """The vocabulary size recorded at preprocessing, or None (DLE's shards record none)."""
+    value = f.attrs.get("vocab_size")
+    try:
+        return int(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def check_header(path: str | Path, vocab_size: int) -> None:
+    """Refuse, from the header alone, a shard preprocessed with a larger vocabulary."""
+    with open_shard(path) as f:
+        made_with = header_vocab_size(f)
+    if made_with is not None and made_with > vocab_size:
+        raise UserError(
+            f"{path}: preprocessed with a {made_with:,}-token vocabulary; this model has "
+            f"{vocab_size:,}. Train with the tokenizer the shards were made with "
+            "(--tokenizer) or preprocess again with this one"
+        )
+
+
+def check_values(
+    arrays: ShardArrays, name: str, vocab_size: int | None = None, made_with: int | None = None
+) -> None:
+    """Min/max of every dataset against what BERT can consume; one line naming the first fault.
+
+    `made_with` (the header's vocabulary size, if any) only sharpens the message.
+    """
+    seq = arrays.max_seq_length
+
+    def fail(key: str, bad: np.ndarray, rule: str, cause: str) -> None:
+        where = np.argwhere(bad)[0]
+        value = getattr(arrays, key)[tuple(where)]
+        raise UserError(
+            f"{name}: {key} holds {int(value):,} (example {int(where[0])}), but {rule}; {cause}"
+        )
+
+    corrupt = "the shard is damaged or was not written by a BERT preprocessor"
+    for key in ("input_ids", "masked_lm_ids"):
+        data = getattr(arrays, key)
+        if data.size and data.min() < 0:
+            fail(key, data < 0, "token ids cannot be negative", corrupt)
+        if vocab_size is not None and data.size and data.max() >= vocab_size:
+            cause = (
+                f"preprocessed with a {made_with:,}-token vocabulary; this model has {vocab_size:,}"
+                if made_with is not None
+                else "likely preprocessed with a larger vocabulary than this model's "
+                f"{vocab_size:,} tokens"
+            )
+            fail(key, data >= vocab_size, f"ids must be below {vocab_size:,}", cause)
+    positions = arrays.masked_lm_positions
+    if positions.size and positions.min() < 0:
+        fail("masked_lm_positions", positions < 0, "positions cannot be negative", corrupt)
+    if positions.size and positions.max() >= seq:
+        fail(
+            "masked_lm_positions",
+            positions >= seq,
+            f"positions must be below the sequence length {seq}",
+            corrupt,
+        )
+    binary = {
+        "segment_ids": "BERT has two segments, 0 (sentence A) and 1 (sentence B)",
+        "input_mask": "the attention mask is 0 (padding) or 1 (token)",
+        "next_sentence_labels": "the NSP label is 0 (B follows A) or 1 (B is random)",
+    }
+    for key, rule in binary.items():
+        data = getattr(arrays, key)
+        if data.size and (data.min() < 0 or data.max() > 1):
+            fail(key, (data < 0) | (data > 1), rule, corrupt)
 
 
 def find_shards(directory: str | Path, flag: str = "--data") -> list[Path]:
