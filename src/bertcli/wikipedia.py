@@ -63,7 +63,12 @@ _SIMPLE_LINK = re.compile(r"\[\[([^\[\]|\n]*)(?:\|([^\[\]]*))?\]\]")
 _QUOTES = re.compile(r"'{2,}")
 _SPACES = re.compile(r"[ \t\u00a0\u200b]+")
 _SPACE_BEFORE_PUNCT = re.compile(r" +([,.;:!?)])")
-_EMPTY_PARENS = re.compile(r"\(\s*[,;]?\s*\)")
+_EMPTY_PARENS = re.compile(r"\([ \t]*[,;]?[ \t]*\)")
+# Inline HTML tags whose content is text: unwrapped before the parse (cheaper than parsing them).
+_INLINE_TAG = re.compile(
+    r"</?(?:b|i|u|s|em|strong|small|big|sup|sub|span|font|abbr|tt|del|ins|bdi|nowiki)\b[^>]*>",
+    re.I,
+)
 _REDIRECT = re.compile(r"\s*#\s*redirect", re.I)
 
 # Tags whose content is not running text.
@@ -197,12 +202,13 @@ def _render(code: Any, site: Site, out: list[str]) -> None:
 
 def clean_wikitext(text: str, site: Site = Site()) -> list[str]:
     """The paragraphs of an article's wikitext, markup removed, headings kept before text."""
-    text = _RAW.sub("", _REF.sub("", _COMMENT.sub("", text)))
+    text = _INLINE_TAG.sub("", _RAW.sub("", _REF.sub("", _COMMENT.sub("", text))))
     text = drop_nested(_SWITCH.sub("", text))
     code = mwparserfromhell.parse(_simple_links(text, site), skip_style_tags=True)
     out: list[str] = []
     _render(code, site, out)
-    lines = _QUOTES.sub("", "".join(out)).split("\n")
+    text = _SPACES.sub(" ", _QUOTES.sub("", "".join(out)))
+    lines = _EMPTY_PARENS.sub("", _SPACE_BEFORE_PUNCT.sub(r"\1", text)).split("\n")
     # a page that is only a list (e.g. "List of …") keeps its items rather than nothing
     return _paragraphs(lines, items=False) or _paragraphs(lines, items=True)
 
@@ -214,8 +220,7 @@ def _paragraphs(lines: list[str], items: bool) -> list[str]:
         line = raw.strip()
         is_heading = line.startswith(_HEADING)
         is_item = line.startswith(_ITEM)
-        line = _SPACES.sub(" ", line.lstrip(_HEADING + _ITEM + "*#:; ")).strip()
-        line = _EMPTY_PARENS.sub("", _SPACE_BEFORE_PUNCT.sub(r"\1", line)).strip()
+        line = line.lstrip(_HEADING + _ITEM + "*#:; ")
         if not any(ch.isalnum() for ch in line):
             continue
         if is_item and not items and (line[-1] not in ".!?。！？" or len(line.split()) < _MIN_ITEM_WORDS):
