@@ -17,8 +17,6 @@ from bertcli.preprocess import PreprocessConfig, preprocess
 from bertcli.tokenizer import save_tokenizer, tokenizer_from_vocab
 from tests.conftest import VOCAB_DIR, WIKITEXT2, require
 
-transformers = pytest.importorskip("transformers")
-
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
@@ -39,6 +37,7 @@ def setup(tmp_path_factory):
 
 
 def hand_metrics(checkpoint, shard_dir):
+    transformers = pytest.importorskip("transformers")  # only this reference needs it
     model = transformers.BertForPreTraining.from_pretrained(checkpoint).eval()
     shard = read_shard(find_shards(shard_dir)[0])
     loss_sum = correct = masked = nsp_sum = nsp_correct = 0.0
@@ -92,6 +91,41 @@ def test_evaluate_equals_transformers_by_hand(invoke, setup):
     assert ours["num_masked_tokens"] == expected["num_masked_tokens"]
     for key in ("mlm_loss", "mlm_accuracy", "perplexity", "nsp_loss", "nsp_accuracy"):
         assert ours[key] == pytest.approx(expected[key], rel=1e-4, abs=1e-6), key
+
+
+def test_evaluate_accuracy_of_a_model_whose_answer_is_known(invoke, setup, tmp_path):
+    """An untrained model whose MLM bias makes one token always win (and whose NSP bias always
+    says "B follows A"): its accuracies are exactly that token's share of the masked labels and
+    the share of label 0, counted straight from the shard, with no model in the reference."""
+    root, shards = setup
+    shard = read_shard(find_shards(shards)[0])
+    n = 64  # --batch-size 16 --max-batches 4: the first 64 sequences, in order
+    labels = np.concatenate(
+        [
+            shard.masked_lm_ids[i, : int(np.count_nonzero(shard.masked_lm_positions[i]))]
+            for i in range(n)
+        ]
+    )
+    values, counts = np.unique(labels, return_counts=True)
+    winner = int(values[np.argmax(counts)])  # the most frequent label: a non-zero share
+    expected_mlm = float(counts.max()) / len(labels)
+    expected_nsp = float(np.mean(shard.next_sentence_labels[:n] == 0))
+    assert 0.0 < expected_mlm < 1.0 and 0.0 < expected_nsp < 1.0
+
+    torch.manual_seed(0)
+    model = BertForPreTraining(BertConfig.from_dict(json.loads((root / "ckpt" / "config.json")
+                                                               .read_text())))  # fmt: skip
+    with torch.no_grad():
+        model.mlm_bias[winner] = 1e4  # logits of an untrained model are O(1)
+        model.nsp.bias.copy_(torch.tensor([1e4, 0.0]))
+    model.save_pretrained(tmp_path / "known")
+    result = invoke("evaluate", "--checkpoint", tmp_path / "known", "--data-preprocessed", shards,
+                    "--batch-size", "16", "--max-batches", "4", "--json")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    ours = json.loads(result.stdout)
+    assert ours["num_masked_tokens"] == len(labels)
+    assert ours["mlm_accuracy"] == pytest.approx(expected_mlm, abs=1e-9)
+    assert ours["nsp_accuracy"] == pytest.approx(expected_nsp, abs=1e-9)
 
 
 def test_evaluate_text_is_deterministic_and_table(invoke, setup):
