@@ -398,6 +398,12 @@ def preprocess(
     dupe_factor: int = typer.Option(5, help="Passes over the corpus with different masks."),
     seed: int = typer.Option(12345, help="Random seed (output is identical for a seed)."),
     whole_word_masking: bool = typer.Option(False, help="Mask whole words, not pieces."),
+    nsp: bool = typer.Option(
+        True,
+        "--nsp/--no-nsp",
+        help="Next-sentence pairs (BERT). --no-nsp: MLM-only, text packed into full sequences "
+        "across document ends (RoBERTa FULL-SENTENCES); every next_sentence_labels is 0.",
+    ),
     input_format: InputFormat = typer.Option(InputFormat.auto, help="How to read --input."),
     workers: int | None = typer.Option(None, help="Processes (default: all cores)."),
     shard_size: int = typer.Option(65536, help="Examples per HDF5 shard."),
@@ -433,6 +439,7 @@ def preprocess(
         workers=workers if workers is not None else (os.cpu_count() or 1),
         shard_size=shard_size,
         eval_fraction=eval_fraction,
+        nsp=nsp,
     )
     reporter = make_reporter(json_output)
     result = run_preprocess(config, tok, reporter)
@@ -515,7 +522,12 @@ def pretrain(
         help="Phase 2: also carry the optimizer state and step count of this bertcli "
         "checkpoint or run dir (usually the --init-from one); the LR schedule starts anew.",
     ),
-    nsp: bool = typer.Option(True, "--nsp/--no-nsp", help="Train next-sentence prediction."),
+    nsp: bool = typer.Option(
+        True,
+        "--nsp/--no-nsp",
+        help="Train next-sentence prediction. --no-nsp: MLM only; with --data-text the text is "
+        "packed into full sequences across document ends (RoBERTa FULL-SENTENCES).",
+    ),
     max_seq_length: int = typer.Option(128, help="Tokens per example (text data)."),
     masked_lm_prob: float = typer.Option(0.15, help="Fraction of tokens to predict (text data)."),
     max_predictions_per_seq: int = typer.Option(20, help="Most predictions per example (text)."),
@@ -684,7 +696,9 @@ def evaluate(
         ..., help="A checkpoint, a pretrain run dir (its newest checkpoint) or a transformers dir."
     ),
     data_text: list[Path] = typer.Option(None, help="Evaluate on raw text files."),
-    data_preprocessed: Path | None = typer.Option(None, help="Or on a shard directory."),
+    data_preprocessed: list[Path] = typer.Option(
+        None, help="Or on shard directories (repeatable; every example of each, once)."
+    ),
     tokenizer: Path | None = typer.Option(
         None, help="Tokenizer for text data (default: the checkpoint's)."
     ),
@@ -722,7 +736,7 @@ def evaluate(
             checkpoint,
             runtime,
             data_text=list(data_text) if data_text else None,
-            data_preprocessed=data_preprocessed,
+            data_preprocessed=list(data_preprocessed) if data_preprocessed else None,
             tokenizer=tokenizer,
             batch_size=batch_size,
             max_seq_length=max_seq_length,

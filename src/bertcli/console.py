@@ -1,12 +1,15 @@
-"""Rich output for the CLI: progress bars that go quiet off a terminal or under --json.
+"""Rich output for the CLI: a progress bar on a terminal, plain lines a cluster can read off one.
 
-Core modules never print; they take a `Reporter` and call `start/advance/finish`, which the CLI
-backs with a rich progress bar (or nothing).
+Core modules never print; they take a `Reporter` and call `start/advance/status/finish`, which
+the CLI backs with a rich progress bar on a terminal, or off a terminal (SLURM, nohup, `| tee`)
+with plain lines: one per `status` (the trainer's --log-every rows) and one every
+`every_seconds` during long phases, each with done/total and ETA. --json is quiet.
 """
 
 from __future__ import annotations
 
 import sys
+import time
 from typing import Any
 
 from rich.console import Console
@@ -29,11 +32,17 @@ stderr = Console(stderr=True)
 class Reporter:
     """Receives progress from long-running core functions. The base class ignores everything."""
 
-    def start(self, description: str, total: float | None, unit: str = "it") -> None:
-        """Begin a phase with `total` units of work (None when unknown)."""
+    def start(
+        self, description: str, total: float | None, unit: str = "it", completed: float = 0
+    ) -> None:
+        """Begin a phase with `total` units of work (None when unknown), `completed` of them
+        already done (a resumed run)."""
 
     def advance(self, amount: float = 1, **fields: Any) -> None:
         """`amount` more units done; `fields` are shown next to the bar (loss, lr …)."""
+
+    def status(self, **fields: Any) -> None:
+        """A summary of the phase so far (a logged row): one plain line off a terminal."""
 
     def finish(self) -> None:
         """End the current phase."""
@@ -51,7 +60,9 @@ class RichReporter(Reporter):
         self.task = None
         self.fields: dict[str, Any] = {}
 
-    def start(self, description: str, total: float | None, unit: str = "it") -> None:
+    def start(
+        self, description: str, total: float | None, unit: str = "it", completed: float = 0
+    ) -> None:
         self.finish()
         if unit == "bytes":
             columns = [DownloadColumn(), TransferSpeedColumn()]
@@ -70,7 +81,9 @@ class RichReporter(Reporter):
         )
         self.progress.start()
         self.unit = unit
-        self.task = self.progress.add_task(description, total=total, info="", rate="")
+        self.task = self.progress.add_task(
+            description, total=total, completed=completed, info="", rate=""
+        )
 
     def advance(self, amount: float = 1, **fields: Any) -> None:
         if self.progress is None or self.task is None:
@@ -94,10 +107,77 @@ class RichReporter(Reporter):
 
 
 class PlainReporter(Reporter):
-    """No bars; log lines go to stderr so stdout stays clean (pipes, --json)."""
+    """No bars: log lines, status lines and (every `every_seconds`) progress lines on stderr, so
+    stdout stays clean for pipes and --json. `progress=False` keeps only the log lines."""
+
+    def __init__(self, progress: bool = True, every_seconds: float = 30.0):
+        self.progress = progress
+        self.every_seconds = every_seconds
+        self.description: str | None = None
+
+    def start(
+        self, description: str, total: float | None, unit: str = "it", completed: float = 0
+    ) -> None:
+        self.description, self.total, self.unit = description, total, unit
+        self.done = self.origin = completed
+        self.t0 = self.last_line = time.monotonic()
+
+    def advance(self, amount: float = 1, **fields: Any) -> None:
+        if self.description is None:
+            return
+        self.done += amount
+        if self.progress and time.monotonic() - self.last_line >= self.every_seconds:
+            self._line({})
+
+    def status(self, **fields: Any) -> None:
+        if self.progress and self.description is not None:
+            self._line(fields)
+
+    def finish(self) -> None:
+        self.description = None
 
     def log(self, message: str) -> None:
         stderr.print(message, highlight=False)
+
+    def progress_line(self, fields: dict[str, Any]) -> str:
+        """'Pretraining 20/200 steps (10%)  loss=7.1  lr=1e-04  4.2 steps/s  eta 0:00:43'."""
+        now = time.monotonic()
+        elapsed = now - self.t0
+        rate = (self.done - self.origin) / elapsed if elapsed > 0 else 0.0
+        unit = "" if self.unit == "bytes" else f" {self.unit}"
+        head = f"{self.description} {_amount(self.done, self.unit)}"
+        if self.total:
+            head += f"/{_amount(self.total, self.unit)}{unit} ({100 * self.done / self.total:.0f}%)"
+        else:
+            head += unit
+        parts = [head]
+        parts += [f"{key}={_fmt(value)}" for key, value in fields.items() if value is not None]
+        if rate > 0:
+            parts.append(f"{_amount(rate, self.unit)}{unit}/s")
+            if self.total:
+                parts.append(f"eta {_duration(max(0.0, self.total - self.done) / rate)}")
+        return "  ".join(parts)
+
+    def _line(self, fields: dict[str, Any]) -> None:
+        stderr.print(self.progress_line(fields), highlight=False, soft_wrap=True)
+        self.last_line = time.monotonic()
+
+
+def _amount(value: float, unit: str) -> str:
+    if unit == "bytes":
+        for suffix in ("B", "kB", "MB", "GB", "TB"):
+            if value < 1000 or suffix == "TB":
+                return f"{value:.1f} {suffix}" if suffix != "B" else f"{value:.0f} B"
+            value /= 1000
+    if value == int(value) or value >= 100:
+        return f"{value:,.0f}"
+    return f"{value:,.1f}"
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}"
 
 
 def _fmt(value: Any) -> str:
@@ -107,7 +187,7 @@ def _fmt(value: Any) -> str:
 
 
 def make_reporter(quiet: bool = False) -> Reporter:
-    """A progress bar on a terminal; plain and quiet otherwise or when asked."""
+    """A progress bar on a terminal; plain lines off one; only log lines when asked (--json)."""
     if quiet or not sys.stdout.isatty():
-        return PlainReporter()
+        return PlainReporter(progress=not quiet)
     return RichReporter(stdout)

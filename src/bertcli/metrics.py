@@ -10,6 +10,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from bertcli.atomic import fsync_path, write_text_atomic
+
 
 class EvalSums:
     """Running sums over an evaluation, kept on the device (no sync per batch); additive
@@ -34,15 +36,14 @@ class EvalSums:
         nsp_logits: torch.Tensor,
         nsp_labels: torch.Tensor,
     ) -> None:
-        """mlm_logits (N, V) at the labelled positions, mlm_targets (N,), nsp (B, 2) / (B,)."""
+        """mlm_logits (N, V), mlm_targets (N,) with -100 at empty slots (not counted), nsp
+        (B, 2) / (B,)."""
         mlm_logits, nsp_logits = mlm_logits.float(), nsp_logits.float()
         batch = torch.stack(
             [
                 F.cross_entropy(mlm_logits, mlm_targets, reduction="sum").double(),
                 (mlm_logits.argmax(-1) == mlm_targets).sum().double(),
-                torch.tensor(
-                    float(mlm_targets.numel()), dtype=torch.float64, device=self.values.device
-                ),
+                mlm_targets.ne(-100).sum().double(),  # cross_entropy ignores -100 too
                 F.cross_entropy(nsp_logits, nsp_labels, reduction="sum").double(),
                 (nsp_logits.argmax(-1) == nsp_labels).sum().double(),
                 torch.tensor(
@@ -75,6 +76,7 @@ class MetricsWriter:
         out.mkdir(parents=True, exist_ok=True)
         self.path = out / "metrics.jsonl"
         self.handle = self.path.open("a", encoding="utf-8")
+        self.recent: list[dict[str, Any]] = []  # the rows of the latest step, for checkpoints
         self.tb = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -83,8 +85,12 @@ class MetricsWriter:
             self.tb = SummaryWriter(log_dir=str(out / "tensorboard"), purge_step=purge_step)
 
     def write(self, row: dict[str, Any], prefix: str = "train") -> None:
+        """Append `row` (it must have a "step") and mirror its numbers to TensorBoard."""
         self.handle.write(json.dumps(row) + "\n")
         self.handle.flush()
+        if self.recent and self.recent[-1]["step"] != row["step"]:
+            self.recent = []
+        self.recent.append(row)
         if self.tb is not None:
             step = int(row["step"])
             for key, value in row.items():
@@ -92,23 +98,51 @@ class MetricsWriter:
                     self.tb.add_scalar(f"{prefix}/{key}", value, step)
             self.tb.flush()
 
+    def rows_at(self, step: int) -> list[dict[str, Any]]:
+        """The rows written for `step` (a checkpoint keeps them, to restore a cut file)."""
+        return [row for row in self.recent if row["step"] == step]
+
+    def sync(self) -> None:
+        """fsync the file: rows up to a checkpoint survive a power loss with it."""
+        if self.handle.closed:
+            return
+        self.handle.flush()
+        fsync_path(self.path)
+
     def close(self) -> None:
+        """Close the file and the TensorBoard writer."""
         self.handle.close()
         if self.tb is not None:
             self.tb.close()
 
 
-def truncate_metrics(path: Path, after_step: int) -> None:
-    """Drop rows past `after_step` (a resumed run rewrites them), keeping the file atomic."""
-    if not path.is_file():
-        return
-    keep = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            if int(json.loads(line)["step"]) <= after_step:
-                keep.append(line)
-        except (ValueError, KeyError, TypeError):
+def truncate_metrics(
+    path: Path, after_step: int, restore: list[dict[str, Any]] | tuple = ()
+) -> int:
+    """Drop rows past `after_step` (a resumed run rewrites them) and rows that do not parse (a
+    line cut by a kill, bytes that are not UTF-8); put back each row of `restore` (a checkpoint's
+    own copy of its step's rows) that the file lost. Replaces the file atomically; returns how
+    many damaged lines were dropped."""
+    if not path.is_file() and not restore:
+        return 0
+    keep: list[str] = []
+    seen: set[tuple[int, Any]] = set()
+    damaged = 0
+    raw = path.read_bytes() if path.is_file() else b""
+    for line in raw.splitlines():
+        if not line.strip():
             continue
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(f"{line}\n" for line in keep), encoding="utf-8")
-    tmp.replace(path)
+        try:
+            row = json.loads(line.decode("utf-8"))
+            step = int(row["step"])
+        except (UnicodeDecodeError, ValueError, KeyError, TypeError):
+            damaged += 1
+            continue
+        if step <= after_step:
+            keep.append(json.dumps(row))
+            seen.add((step, row.get("split")))
+    for row in restore:
+        if (int(row["step"]), row.get("split")) not in seen and int(row["step"]) <= after_step:
+            keep.append(json.dumps(row))
+    write_text_atomic(path, "".join(f"{line}\n" for line in keep))
+    return damaged

@@ -3,7 +3,9 @@
 A checkpoint directory `checkpoints/step_00001000/` is a transformers BERT directory
 (`config.json`, `model.safetensors`), plus the tokenizer files, plus `trainer_state.pt`
 (optimizer, scaler, RNG states, data position) and a readable `trainer_state.json`. It is written
-under a temporary name and renamed, so a kill at any moment leaves the previous one intact.
+under a temporary name, fsynced and renamed, so a kill or a power loss at any moment leaves the
+previous one intact; pruning renames a checkpoint to a temporary name before deleting it, so a
+kill midway never leaves a partial checkpoint under a final name.
 """
 
 from __future__ import annotations
@@ -11,14 +13,15 @@ from __future__ import annotations
 import json
 import random
 import re
-import shutil
+import struct
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from bertcli.atomic import atomic_directory
+from bertcli.atomic import atomic_directory, remove_tree
 from bertcli.errors import UserError
 from bertcli.hf import write_pretrained_files
 from bertcli.model import BertForPreTraining
@@ -100,14 +103,101 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 
 def prune_checkpoints(root: Path, keep_last: int) -> None:
-    """Delete all but the newest `keep_last` complete checkpoints (0 = keep all)."""
+    """Delete all but the newest `keep_last` complete checkpoints (0 = keep all); each is renamed
+    to a temporary name first, so a kill midway leaves debris the next start sweeps, not a
+    checkpoint without its trainer state."""
     if keep_last <= 0:
         return
     for _, path in list_checkpoints(root)[:-keep_last]:
-        shutil.rmtree(path, ignore_errors=True)
+        remove_tree(path)
+
+
+def incomplete_checkpoints(root: Path) -> list[Path]:
+    """`step_N` directories without a trainer state: left by earlier versions' pruning."""
+    if not root.is_dir():
+        return []
+    return sorted(
+        p for p in root.iterdir() if _NAME.match(p.name) and p.is_dir() and not (p / STATE_FILE).exists()
+    )
+
+
+def _check_safetensors(path: Path) -> None:
+    """The header parses and the file is exactly as long as the header says (no truncation)."""
+    with path.open("rb") as handle:
+        (length,) = struct.unpack("<Q", handle.read(8))
+        header = json.loads(handle.read(length))
+    end = max(
+        (v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0
+    )
+    if path.stat().st_size != 8 + length + end:
+        raise ValueError(f"{path.name} is {path.stat().st_size} bytes, expected {8 + length + end}")
+
+
+def verify_checkpoint(directory: Path) -> str | None:
+    """Why `directory` is not a complete, readable checkpoint (None if it is): every file parses,
+    the weights are not truncated, and every member of the trainer state matches its CRC."""
+    try:
+        json.loads((directory / "config.json").read_text(encoding="utf-8"))
+        json.loads((directory / STATE_JSON).read_text(encoding="utf-8"))
+        _check_safetensors(directory / "model.safetensors")
+        with zipfile.ZipFile(directory / STATE_FILE) as archive:
+            bad = archive.testzip()
+        if bad is not None:
+            return f"{STATE_FILE}: member {bad} is damaged"
+        if (directory / "tokenizer.json").exists():
+            json.loads((directory / "tokenizer.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, KeyError, TypeError, struct.error, zipfile.BadZipFile) as exc:
+        return str(exc) or type(exc).__name__
+    return None
+
+
+def newest_valid_checkpoint(root: Path) -> tuple[Path | None, list[tuple[Path, str]]]:
+    """The newest checkpoint that verifies, and the newer ones skipped with their reasons."""
+    skipped = []
+    for _, path in reversed(list_checkpoints(root)):
+        reason = verify_checkpoint(path)
+        if reason is None:
+            return path, skipped
+        skipped.append((path, reason))
+    return None, skipped
+
+
+# what a resumed run may not change silently: (key in the saved state, how the user names it)
+GUARDED = (
+    ("batch_size", "--batch-size"),
+    ("batches_per_step", "--batches-per-step"),
+    ("max_seq_length", "--max-seq-length"),
+    ("train_data", "--train-data"),
+    ("optimizer", "--optimizer"),
+    ("nsp", "--nsp/--no-nsp"),
+    ("world_size", "world size"),
+    ("precision", "precision"),
+)
+
+
+def resume_changes(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """'--batch-size 16 -> 32' for each guarded setting that differs from the checkpoint's."""
+    changes = []
+    for key, name in GUARDED:
+        if key in saved and key in current and saved[key] != current[key]:
+            before, after = saved[key], current[key]
+            if isinstance(before, list | tuple):
+                before, after = ",".join(map(str, before)), ",".join(map(str, after))
+            changes.append(f"{name} {before} -> {after}")
+    return changes
+
+
+def load_summary(directory: Path) -> dict[str, Any]:
+    """The readable trainer_state.json of a checkpoint ({} if unreadable)."""
+    try:
+        data = json.loads((directory / STATE_JSON).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def load_trainer_state(directory: Path) -> dict[str, Any]:
+    """trainer_state.pt of a checkpoint, or UserError naming it."""
     try:
         return torch.load(directory / STATE_FILE, map_location="cpu", weights_only=False)
     except Exception as exc:  # a damaged pickle raises many kinds of errors

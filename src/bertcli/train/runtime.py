@@ -7,9 +7,16 @@ small; the CPU twin (gloo, fp32 or CPU bf16 autocast) is what CI exercises.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import os
+import signal
+import sys
+import threading
+import time
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -55,6 +62,26 @@ class Runtime:
         if self.distributed:
             dist.barrier()
 
+    def from_main(self, value: Any) -> Any:
+        """Rank 0's `value` on every rank: decisions that depend on files are made once, by
+        rank 0, so ranks that see different files (no shared filesystem) cannot diverge."""
+        if not self.distributed:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def check_all(self, error: str | None) -> None:
+        """Raise UserError on every rank if any rank has an error (the lowest rank's message),
+        so no rank is left waiting in a collective for a peer that stopped."""
+        errors = [error]
+        if self.distributed:
+            errors = [None] * self.world_size
+            dist.all_gather_object(errors, error)
+        for message in errors:
+            if message:
+                raise UserError(message)
+
 
 def _env_int(name: str, default: int) -> int:
     try:
@@ -96,6 +123,8 @@ def init_runtime(device: str = "auto", precision: str = "auto") -> Runtime:
     """Read torchrun's variables, pick the device and join the process group if needed."""
     world_size = _env_int("WORLD_SIZE", 1)
     rank = _env_int("RANK", 0)
+    if world_size > 1 or "TORCHELASTIC_RUN_ID" in os.environ:
+        stop_with_launcher()
     local_rank = _env_int("LOCAL_RANK", 0)
     dev = resolve_device(device, local_rank)
     if world_size > 1 and not dist.is_initialized():
@@ -119,3 +148,27 @@ def shutdown(runtime: Runtime) -> None:
     if runtime.distributed and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def stop_with_launcher(poll_seconds: float = 0.5) -> None:
+    """Stop this worker (SIGTERM: save at the next step boundary, then exit) when the launcher
+    that started it dies, so a `kill -9` of torchrun cannot leave orphans training.
+
+    Linux delivers the signal itself (prctl PR_SET_PDEATHSIG); a daemon thread that watches the
+    parent PID covers other systems and the moment before prctl took effect.
+    """
+    parent = os.getppid()
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_seconds)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="bertcli-launcher-watch", daemon=True).start()
