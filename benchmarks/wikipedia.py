@@ -7,7 +7,8 @@ Both run as command-line programs (Python start-up included for both), alternate
 ../shared/data/wikipedia/…-shortened.bz2 (206 pages, 106 articles), with the same number of
 extraction processes. Reported: median wall seconds and their ratio; the article titles of both
 (equal?); total words (whitespace split) and their ratio; markup residue per 1,000 words
-(`{{ }} [[ ]] <ref &lt; {| |} '' <!-- [http`); and the peak RSS of our main process with the
+(`{{ }} [[ ]] <ref &lt; {| |} '' <!-- [http`); CPU seconds of each process tree (less
+sensitive to a busy machine than wall time); and the peak RSS of our main process with the
 dump given once and four times (flat memory: the reader never holds more than a few batches).
 """
 
@@ -34,15 +35,16 @@ DUMP = (
 RESIDUE = ("{{", "}}", "[[", "]]", "<ref", "&lt;", "{|", "|}", "''", "<!--", "[http")
 
 
-def run(cmd: list[str]) -> tuple[float, int]:
-    """Wall seconds and peak RSS (MiB) of the direct child."""
+def run(cmd: list[str]) -> tuple[float, int, float]:
+    """Wall seconds, peak RSS (MiB) of the direct child, CPU seconds of it and its (joined)
+    worker processes."""
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(proc.pid, 0)
     seconds = time.perf_counter() - start
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"failed: {' '.join(cmd)}\n{proc.stderr.read().decode()}")
-    return seconds, usage.ru_maxrss // 1024
+    return seconds, usage.ru_maxrss // 1024, usage.ru_utime + usage.ru_stime
 
 
 def records(directory: Path) -> list[dict]:
@@ -85,13 +87,17 @@ def main() -> None:
             sys.executable, "-m", "bertcli", "download", "wikipedia", "--input", str(DUMP),
             "--out", str(tmp / "ours"), "--workers", n, "--json",
         ]  # fmt: skip
-        theirs, ours = [], []
+        theirs, ours, theirs_cpu, ours_cpu = [], [], [], []
         for _ in range(args.repeats):  # alternated, so load on a shared machine hits both
-            theirs.append(run(theirs_cmd)[0])
-            ours.append(run(ours_cmd)[0])
+            seconds, _, cpu = run(theirs_cmd)
+            theirs.append(seconds)
+            theirs_cpu.append(cpu)
+            seconds, _, cpu = run(ours_cmd)
+            ours.append(seconds)
+            ours_cpu.append(cpu)
         we, us = records(tmp / "we"), records(tmp / "ours")
-        _, rss_1x = run(ours_cmd)
-        _, rss_4x = run(ours_cmd + ["--input", str(DUMP)] * 3)
+        _, rss_1x, _ = run(ours_cmd)
+        _, rss_4x, _ = run(ours_cmd + ["--input", str(DUMP)] * 3)
         assert len(records(tmp / "ours")) == 4 * len(us)
 
     we_titles, our_titles = [r["title"] for r in we], [r["title"] for r in us]
@@ -108,6 +114,10 @@ def main() -> None:
         "wikiextractor_median_s": round(statistics.median(theirs), 3),
         "ours_median_s": round(statistics.median(ours), 3),
         "speed_ratio": round(statistics.median(theirs) / statistics.median(ours), 3),
+        "wikiextractor_cpu_median_s": round(statistics.median(theirs_cpu), 3),
+        "ours_cpu_median_s": round(statistics.median(ours_cpu), 3),
+        "cpu_ratio": round(statistics.median(theirs_cpu) / statistics.median(ours_cpu), 3),
+        "load_average_1min": round(os.getloadavg()[0], 2),
         "titles_equal": sorted(we_titles) == sorted(our_titles),
         "titles_same_order": we_titles == our_titles,
         "wikiextractor": quality(we),

@@ -64,6 +64,9 @@ _QUOTES = re.compile(r"'{2,}")
 _SPACES = re.compile(r"[ \t\u00a0\u200b]+")
 _SPACE_BEFORE_PUNCT = re.compile(r" +([,.;:!?)])")
 _EMPTY_PARENS = re.compile(r"\([ \t]*[,;]?[ \t]*\)")
+# Headings and list markers at a line start: marked before the parse (cheaper than parsing them).
+_HEADING_LINE = re.compile(r"^[ \t]*(={1,6})[ \t]*(.+?)[ \t]*\1[ \t]*$", re.M)
+_LIST_MARK = re.compile(r"^[ \t]*[*#:;]+[ \t]*", re.M)
 # Inline HTML tags whose content is text: unwrapped before the parse (cheaper than parsing them).
 _INLINE_TAG = re.compile(
     r"</?(?:b|i|u|s|em|strong|small|big|sup|sub|span|font|abbr|tt|del|ins|bdi|nowiki)\b[^>]*>",
@@ -204,6 +207,8 @@ def clean_wikitext(text: str, site: Site = Site()) -> list[str]:
     """The paragraphs of an article's wikitext, markup removed, headings kept before text."""
     text = _INLINE_TAG.sub("", _RAW.sub("", _REF.sub("", _COMMENT.sub("", text))))
     text = drop_nested(_SWITCH.sub("", text))
+    text = _HEADING_LINE.sub(f"\n{_HEADING}\\2\n", text)
+    text = _LIST_MARK.sub(f"\n{_ITEM}", text)
     code = mwparserfromhell.parse(_simple_links(text, site), skip_style_tags=True)
     out: list[str] = []
     _render(code, site, out)
