@@ -14,7 +14,6 @@ import hashlib
 import http.client
 import io
 import json
-import os
 import tarfile
 import time
 import urllib.error
@@ -24,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bertcli.atomic import durable_replace
 from bertcli.console import Reporter
 from bertcli.errors import UserError
 
@@ -229,7 +229,7 @@ def unpack(archive: Path, spec: CorpusSpec, out: Path) -> dict[str, str]:
                     f"{member}: sha256 {sums[split][:12]}… does not match the known {known[:12]}…"
                 )
         for split, tmp in temps.items():
-            os.replace(tmp, out / f"{split}.txt")
+            durable_replace(tmp, out / f"{split}.txt")
     finally:
         for tmp in temps.values():
             tmp.unlink(missing_ok=True)
@@ -282,6 +282,6 @@ def download(
         marker = {"name": name, "url": mirror, "sha256": sums}
         tmp = out / f"{MARKER}.tmp"
         tmp.write_text(json.dumps(marker, indent=2) + "\n")
-        os.replace(tmp, out / MARKER)
+        durable_replace(tmp, out / MARKER)
         return DownloadResult(name, str(out), files, mirror, skipped=False)
     raise UserError(f"could not download {name}: " + "; ".join(errors))

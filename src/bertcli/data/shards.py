@@ -19,13 +19,13 @@ checked by value (`check_values`) when each shard is opened.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
 import numpy as np
 
+from bertcli.atomic import durable_replace
 from bertcli.errors import UserError
 
 KEYS = (
@@ -86,7 +86,7 @@ def write_shard(
                 data=np.asarray(getattr(arrays, key), dtype=DTYPES[key]),
                 compression=compression,
             )
-    os.replace(tmp, path)
+    durable_replace(tmp, path)
 
 
 class ShardAppender:
@@ -131,7 +131,7 @@ class ShardAppender:
     def close(self) -> None:
         if self.file is not None:
             self.file.close()
-            os.replace(self.tmp, self.path)
+            durable_replace(self.tmp, self.path)
             self.file = None
 
     def abort(self) -> None:
