@@ -9,8 +9,6 @@ from bertcli.config import BertConfig
 from bertcli.errors import UserError
 from bertcli.model import BertForPreTraining
 
-transformers = pytest.importorskip("transformers")
-
 
 def tiny_config(**kw) -> BertConfig:
     base = dict(
@@ -50,6 +48,7 @@ def hf_outputs(hf, ids, types, mask):
 
 @pytest.mark.parametrize("act", ["gelu", "gelu_new", "relu"])
 def test_ours_to_transformers(tmp_path, act):
+    transformers = pytest.importorskip("transformers")  # the reference
     torch.manual_seed(0)
     cfg = tiny_config(hidden_act=act)
     ours = BertForPreTraining(cfg).eval()
@@ -65,6 +64,7 @@ def test_ours_to_transformers(tmp_path, act):
 
 
 def test_transformers_to_ours(tmp_path):
+    transformers = pytest.importorskip("transformers")  # the reference
     torch.manual_seed(1)
     hf_cfg = transformers.BertConfig(**tiny_config().to_dict())
     theirs = transformers.BertForPreTraining(hf_cfg).eval()
@@ -93,6 +93,7 @@ def test_transformers_to_ours(tmp_path):
 
 
 def test_legacy_bin_and_gamma_beta_names(tmp_path):
+    transformers = pytest.importorskip("transformers")  # the reference
     torch.manual_seed(2)
     theirs = transformers.BertForPreTraining(transformers.BertConfig(**tiny_config().to_dict()))
     state = {
@@ -214,6 +215,7 @@ def test_missing_and_misshaped_tensors_are_named(tmp_path):
 
 
 def test_bare_bert_model_checkpoint_loads_with_fresh_heads(tmp_path):
+    transformers = pytest.importorskip("transformers")  # the reference
     torch.manual_seed(4)
     encoder = transformers.BertModel(transformers.BertConfig(**tiny_config().to_dict())).eval()
     encoder.save_pretrained(tmp_path / "encoder")
@@ -254,6 +256,7 @@ def heavily_padded_batch(vocab: int, B: int = 6, T: int = 32, seed: int = 5):
 @pytest.mark.parametrize("unpad_tokens", [True, False])
 def test_heavy_padding_parity_both_ways(tmp_path, unpad_tokens):
     """Over half the tokens are padding: logits and loss still equal transformers' (< 1e-4)."""
+    transformers = pytest.importorskip("transformers")  # the reference
     torch.manual_seed(6)
     ours = BertForPreTraining(tiny_config()).eval()
     ours.bert.unpad_tokens = unpad_tokens

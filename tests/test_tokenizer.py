@@ -19,16 +19,17 @@ from bertcli.tokenizer import (
 )
 from tests.conftest import VOCAB_DIR, WIKITEXT2, ZH_DIR, require
 
-transformers = pytest.importorskip("transformers")
-
 
 def slow_reference(vocab_file, lowercase):
     """The pure-Python BERT tokenizer (transformers >= 5 moved it to a legacy module)."""
+    pytest.importorskip("transformers")  # only the tests that compare with it skip without it
     try:
         from transformers.models.bert.tokenization_bert_legacy import BertTokenizerLegacy as Slow
     except ImportError:  # transformers 4.x
         from transformers import BertTokenizer as Slow
-    return Slow(str(vocab_file), do_lower_case=lowercase)
+    ref = Slow(str(vocab_file), do_lower_case=lowercase)
+    assert not ref.is_fast  # the pure-Python reference, not the Rust tokenizer we wrap
+    return ref
 
 
 def reference_ids(ref, lines):
@@ -83,6 +84,7 @@ def test_published_vocab_ids_match_lines(tmp_path):
 
 
 def test_pair_template_and_autotokenizer(tmp_path):
+    transformers = pytest.importorskip("transformers")  # the reference
     tok = tokenizer_from_vocab(require(VOCAB_DIR / "bert-base-cased.txt"))
     save_tokenizer(tok, tmp_path / "tok")
     auto = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "tok"))
@@ -96,6 +98,7 @@ def test_pair_template_and_autotokenizer(tmp_path):
 
 @pytest.mark.parametrize("kind", ["wordpiece", "sentencepiece"])
 def test_trained_vocab_has_exact_size_and_specials(tmp_path, small_corpus, kind):
+    transformers = pytest.importorskip("transformers")  # the reference
     tok, stats = train_tokenizer(kind, [small_corpus], 2000, tmp_path / "tok")
     assert tok.vocab_size == 2000
     assert stats.sentences > 0
@@ -236,3 +239,29 @@ def test_bad_training_inputs_leave_no_directory(tmp_path, small_corpus):
     (tmp_path / "garbage.model").write_bytes(b"\xff" * 20)
     with pytest.raises(UserError, match="not a readable SentencePiece model"):
         tokenizer_from_sentencepiece(tmp_path / "garbage.model")
+
+
+@pytest.mark.parametrize("language", ["en", "zh"])
+def test_unigram_too_small_states_the_true_minimum(tmp_path, small_corpus, language):
+    """The line names a size that works exactly, and the size below it fails the same way."""
+    import re
+
+    corpus = tmp_path / ("zh.jsonl" if language == "zh" else "en.txt")
+    source = require(ZH_DIR / "wiki2019zh-wiki_zh-AA-wiki_00.jsonl") if language == "zh" else None
+    lines = (source or small_corpus).read_text(encoding="utf-8").splitlines(True)
+    corpus.write_text("".join(lines[:6] if source else lines[:300]), encoding="utf-8")
+    for too_small in (20, 60):  # the trainer's own refusal, and its overshoot
+        with pytest.raises(UserError, match="need --vocab-size") as info:
+            train_tokenizer("sentencepiece", [corpus], too_small, tmp_path / "tok")
+        assert str(info.value).startswith(f"--vocab-size {too_small} is too small")
+    minimum = int(re.search(r"need --vocab-size (\d+) or more", str(info.value)).group(1))
+    chars = int(re.search(r"its (\d+) distinct characters", str(info.value)).group(1))
+    with pytest.raises(UserError, match=f"need --vocab-size {minimum} or more"):
+        train_tokenizer("sentencepiece", [corpus], minimum - 1, tmp_path / "tok")
+    assert not (tmp_path / "tok").exists()
+    tok, _ = train_tokenizer("sentencepiece", [corpus], minimum, tmp_path / "tok")
+    assert tok.vocab_size == minimum
+    # independent count: a Unigram vocabulary holds every character as a piece of its own
+    pieces = tok.tokenizer.get_vocab()
+    singles = [p for p in pieces if len(p) == 1]
+    assert len(singles) == chars and minimum == chars + len(SPECIAL_TOKENS) + 1
