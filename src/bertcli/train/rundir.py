@@ -38,6 +38,10 @@ def sweep_run_dir(out: Path) -> list[Path]:
     """Remove the temporaries of dead runs and the partial checkpoints older versions' pruning
     left under final names. Only call it while holding the run's lock."""
     removed = sweep_temporaries(out) + sweep_temporaries(out / "checkpoints")
+    for name in ("run.json.tmp", "metrics.jsonl.tmp"):  # earlier versions' temporary names
+        if (out / name).is_file():
+            (out / name).unlink()
+            removed.append(out / name)
     for path in incomplete_checkpoints(out / "checkpoints"):
         remove_tree(path)
         removed.append(path)
