@@ -117,6 +117,14 @@ CASES = {
         "--vocab-size",
     ),
     "bt-vocab-small": (BT + ["--train-data", "{d}/corpus.txt", "--vocab-size", "20"], "too small"),
+    "bt-spm-vocab-60": (
+        BT + ["--type", "sentencepiece", "--train-data", "{d}/corpus.txt", "--vocab-size", "60"],
+        "and one more piece need --vocab-size",
+    ),
+    "bt-spm-vocab-20": (
+        BT + ["--type", "sentencepiece", "--train-data", "{d}/corpus.txt", "--vocab-size", "20"],
+        "and one more piece need --vocab-size",
+    ),
     "bt-no-source": (BT, "exactly one of"),
     "bt-two-sources": (
         BT + ["--train-data", "{d}/corpus.txt", "--vocab-file", "{d}/tok/vocab.txt"],

@@ -182,14 +182,28 @@ def train_tokenizer(
             unk_token="[UNK]",
             show_progress=False,
         )
-    tokenizer.train_from_iterator(lines, trainer)
+    characters: set[str] = set()
+    try:
+        tokenizer.train_from_iterator(_noting_characters(lines, characters), trainer)
+    except Exception as exc:  # tokenizers raises a bare Exception
+        if "not large enough to contain all chars" not in str(exc):
+            raise
+        got = vocab_size + 1  # Unigram refuses outright when the alphabet alone does not fit
+    else:
+        got = tokenizer.get_vocab_size()
     if stats.sentences == 0:
         raise UserError("--train-data: the corpus has no text")
-    got = tokenizer.get_vocab_size()
-    if got > vocab_size:
+    if got > vocab_size and kind == "wordpiece":  # it keeps every character: got is the least
         raise UserError(
-            f"--vocab-size {vocab_size} is too small for this corpus's alphabet plus the "
-            f"special tokens (needs at least {got})"
+            f"--vocab-size {vocab_size} is too small for this corpus: every character (alone and "
+            f"as a ## continuation) plus the 5 special tokens need --vocab-size {got} or more"
+        )
+    if got > vocab_size:  # Unigram overshoots by an arbitrary amount: count its alphabet
+        chars = _unigram_alphabet(tokenizer, characters)
+        raise UserError(
+            f"--vocab-size {vocab_size} is too small for this corpus: its {chars} distinct "
+            f"characters, the 5 special tokens and one more piece need --vocab-size "
+            f"{chars + len(SPECIAL_TOKENS) + 1} or more"
         )
     if got < vocab_size and exact:
         raise UserError(
@@ -202,6 +216,24 @@ def train_tokenizer(
     save_tokenizer(result, out)
     result.path = Path(out)
     return result, stats
+
+
+def _noting_characters(batches: Iterator[list[str]], seen: set[str]) -> Iterator[list[str]]:
+    """Pass batches through, adding their characters to `seen` (C speed: one set update)."""
+    for batch in batches:
+        seen.update("".join(batch))
+        yield batch
+
+
+def _unigram_alphabet(tokenizer: Tokenizer, raw: set[str]) -> int:
+    """How many characters a Unigram vocabulary must hold (the trainer's `required_chars`):
+    what the normalizer and Metaspace make of the raw characters.
+
+    tokenizers' Unigram trainer needs one slot beyond these and the specials: measured on
+    English and Chinese corpora, size alphabet + specials + 1 is exact, one less overshoots."""
+    normalized = tokenizer.normalizer.normalize_str("".join(sorted(raw)))
+    alphabet = set(normalized.replace(" ", "▁")) | {"▁"}
+    return len(alphabet - set("\n\r"))
 
 
 def read_vocab_file(path: str | Path) -> list[str]:
