@@ -8,7 +8,8 @@ import torch
 import torch.distributed as dist
 
 from bertcli.console import Reporter
-from bertcli.data.datasets import PreprocessedDataset, TextDataset, collate
+from bertcli.data.blend import open_shard_data
+from bertcli.data.datasets import TextDataset, collate
 from bertcli.errors import UserError
 from bertcli.hf import is_checkpoint_dir, load_pretrained
 from bertcli.metrics import EvalSums
@@ -100,7 +101,7 @@ def evaluate_checkpoint(
     checkpoint: str | Path,
     runtime: Runtime,
     data_text: list[Path] | None = None,
-    data_preprocessed: Path | None = None,
+    data_preprocessed: Path | list[Path] | None = None,
     tokenizer: Path | None = None,
     batch_size: int = 32,
     max_seq_length: int = 128,
@@ -124,7 +125,11 @@ def evaluate_checkpoint(
     model = load_pretrained(checkpoint).to(runtime.device)
     config = model.config
     if data_preprocessed is not None:
-        dataset = PreprocessedDataset(data_preprocessed, flag="--data-preprocessed")
+        dataset = open_shard_data(  # several directories: every example of each, once
+            data_preprocessed if isinstance(data_preprocessed, list) else [data_preprocessed],
+            flag="--data-preprocessed",
+            weights=False,
+        )
         check_positions(
             dataset.max_seq_length,
             config.max_position_embeddings,

@@ -301,7 +301,7 @@ def _run(
 
     torch.manual_seed(config.train.seed)
     # where the position table comes from, for the one-line length error
-    source = str(resume_dir or init_dir or config.config_file or f"--preset {config.preset}")
+    source = str(resume_dir or config.init_from or config.config_file or f"--preset {config.preset}")
     if config.data_mode == "text":
         check_positions(
             config.max_seq_length, model_config.max_position_embeddings, "--max-seq-length", source
