@@ -497,9 +497,13 @@ def pretrain(
         help="Raw text with examples made on the fly, or HDF5 shards (the default).",
     ),
     train_data: list[Path] = typer.Option(
-        None, help="Text files, or a shard directory. Default: data/wikitext2, else the sample."
+        None,
+        help="Text files, or shard directories (repeatable; DIR:WEIGHT sets a directory's share "
+        "of each epoch). Default: data/wikitext2, else the sample.",
     ),
-    eval_data: list[Path] = typer.Option(None, help="Held-out text files or shard directory."),
+    eval_data: list[Path] = typer.Option(
+        None, help="Held-out text files or shard directories (repeatable)."
+    ),
     tokenizer: Path | None = typer.Option(None, help="Tokenizer directory (build-tokenizer)."),
     vocab_file: Path | None = typer.Option(None, help="Or a published BERT vocab.txt."),
     vocab_size: int = typer.Option(
