@@ -227,7 +227,7 @@ def test_cut_off_dump_keeps_articles_before_the_cut(xml_text, articles, tmp_path
     else:
         path = tmp_path / "cut.xml"
         path.write_text(head, encoding="utf-8")
-    with pytest.raises(UserError, match=r"dump cut off, \d+ articles before the cut kept"):
+    with pytest.raises(UserError, match=r"dump cut off or damaged: the \d+ articles before the"):
         download_wikipedia(tmp_path / "out", inputs=[path], part_size_mb=0.2)
     records = _records(tmp_path / "out")
     titles = [r["title"] for r in records]
@@ -236,7 +236,7 @@ def test_cut_off_dump_keeps_articles_before_the_cut(xml_text, articles, tmp_path
     else:
         assert titles == expected
     marker = json.loads((tmp_path / "out" / MARKER).read_text())
-    assert marker["complete"] is False and "cut off" in marker["cut"][0]
+    assert marker["complete"] is False and "cut off after" in marker["cut"][0]
 
 
 def test_encoding_from_declaration_and_cleaning_rules(tmp_path):
@@ -315,3 +315,35 @@ def test_cli_extracts_input_and_preprocess_reads_it(tmp_path, invoke, xml_text):
     assert bad.exit_code == 2 and "no such file" in bad.stderr
     bad = invoke("download", "wikitext2", "--input", path)
     assert bad.exit_code == 2 and "download wikipedia" in bad.stderr
+
+
+def test_several_dump_files_in_parallel_equal_one_process(xml_text, tmp_path):
+    # multistream parts: one process per file when there are at least as many files as workers
+    end = xml_text.index("</page>", len(xml_text) // 12) + len("</page>")
+    whole = (xml_text[:end] + "\n</mediawiki>\n").encode("utf-8")
+    paths = [tmp_path / f"part{i}.xml.bz2" for i in range(2)] + [tmp_path / "part2.xml"]
+    for path in paths[:2]:
+        path.write_bytes(bz2.compress(whole))
+    cut = whole[: len(whole) * 3 // 4].decode()
+    paths[2].write_text(cut, encoding="utf-8")  # the last part is cut off
+    expected = [t for t, ns, redirect in _pages(cut) if ns == "0" and not redirect]
+    runs = {}
+    for workers in (1, 2):
+        result = extract(paths, tmp_path / f"w{workers}", workers=workers, part_size_mb=0.05)
+        assert len(result.cut) == 1 and result.cut[0].startswith("part2.xml: XML cut off after")
+        assert result.bytes_read == sum(p.stat().st_size for p in paths)
+        runs[workers] = _records(tmp_path / f"w{workers}")
+        assert len(result.parts) > 3 and result.articles == len(runs[workers])
+        assert not [p for p in (tmp_path / f"w{workers}").iterdir() if p.name.startswith(".f")]
+    assert runs[1] == runs[2]
+    titles = [r["title"] for r in runs[1]]
+    n = len(titles[: (len(titles) - len(expected)) // 2])
+    assert titles == titles[:n] * 2 + expected and n > 0
+
+
+def test_damaged_compressed_dump_is_reported(tmp_path):
+    path = tmp_path / "enwiki.xml.bz2"
+    path.write_bytes(b"<mediawiki>not bzip2 at all</mediawiki>\n")
+    with pytest.raises(UserError, match="compressed data damaged after 0 pages"):
+        download_wikipedia(tmp_path / "out", inputs=[path])
+    assert _records(tmp_path / "out") == []

@@ -28,7 +28,7 @@ import urllib.error
 import xml.etree.ElementTree as ET
 from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, Future, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -102,7 +102,6 @@ class ExtractResult:
     articles: int = 0
     redirects: int = 0
     other_namespaces: int = 0
-    empty: int = 0
     bytes_read: int = 0
     seconds: float = 0.0
     parts: list[str] = field(default_factory=list)
@@ -436,32 +435,128 @@ def extract(
     started = time.perf_counter()
     with atomic_directory(out) as tmp:
         writer = _PartWriter(tmp, int(part_size_mb * 1e6))
-        pool = ProcessPoolExecutor(workers) if workers > 1 else None
-        pending: deque[Future[list[str]]] = deque()
         reporter.start("Extracting articles", total=total, unit="bytes")
         try:
-            done_bytes = 0
-            for path in files:
-                done_bytes = _extract_file(
-                    path, result, writer, pool, pending, workers, reporter, done_bytes, started
-                )
-            while pending:
-                for line in pending.popleft().result():
-                    writer.write(line)
-            writer.close()
+            if workers > 1 and len(files) >= workers:
+                _extract_files_in_parallel(files, tmp, writer, result, workers, reporter, started)
+            else:
+                _extract_pipelined(files, writer, result, workers, reporter, started)
         finally:
             reporter.finish()
-            if pool is not None:
-                pool.shutdown(cancel_futures=True)
-        result.bytes_read = done_bytes
         result.seconds = time.perf_counter() - started
         result.parts = [str(out / name) for name in writer.parts]
         result.articles = sum(_count_lines(tmp / name) for name in writer.parts)
-        result.empty = result.pages - result.redirects - result.other_namespaces - result.articles
         marker = {"name": "wikipedia", "complete": not result.cut, **(source or {})}
         marker.update(asdict(result))
         (tmp / MARKER).write_text(json.dumps(marker, indent=2, ensure_ascii=False) + "\n")
     return result
+
+
+def _extract_pipelined(
+    files: list[Path],
+    writer: _PartWriter,
+    result: ExtractResult,
+    workers: int,
+    reporter: Reporter,
+    started: float,
+) -> None:
+    """One reader (this process) feeds page batches to `workers` cleaning processes, in order."""
+    pool = ProcessPoolExecutor(workers) if workers > 1 else None
+    pending: deque[Future[list[str]]] = deque()
+    try:
+        for path in files:
+            result.bytes_read = _extract_file(
+                path, result, writer, pool, pending, workers, reporter, result.bytes_read, started
+            )
+        while pending:
+            for line in pending.popleft().result():
+                writer.write(line)
+        writer.close()
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+
+
+_PROGRESS: Any = None  # (bytes, pages) shared counters in a file-parallel worker
+
+
+class _SharedReporter(Reporter):
+    """Adds a worker's progress to counters the main process shows."""
+
+    def __init__(self) -> None:
+        self.pages = 0
+
+    def advance(self, amount: float = 1, **fields: Any) -> None:
+        with _PROGRESS[0].get_lock():
+            _PROGRESS[0].value += int(amount)
+        pages = fields.get("pages", self.pages)
+        with _PROGRESS[1].get_lock():
+            _PROGRESS[1].value += pages - self.pages
+        self.pages = pages
+
+
+def _init_file_worker(progress: Any) -> None:
+    global _PROGRESS
+    _PROGRESS = progress
+
+
+def _extract_one(path: Path, directory: Path, limit: int) -> ExtractResult:
+    """A whole dump file in one process (reader and cleaner), into parts in `directory`."""
+    directory.mkdir()
+    writer = _PartWriter(directory, limit)
+    result = ExtractResult(directory=str(directory), files=[str(path)])
+    result.bytes_read = _extract_file(
+        path, result, writer, None, deque(), 1, _SharedReporter(), 0, time.perf_counter()
+    )
+    writer.close()
+    result.parts = writer.parts
+    return result
+
+
+def _extract_files_in_parallel(
+    files: list[Path],
+    tmp: Path,
+    writer: _PartWriter,
+    result: ExtractResult,
+    workers: int,
+    reporter: Reporter,
+    started: float,
+) -> None:
+    """Several dump files (multistream parts): one process per file, reading and cleaning.
+
+    A single reader would bound the speed (bz2 + XML); here it scales with the files. Each
+    file's parts are renamed into the output in file order, so the result does not depend on
+    which process finished first."""
+    import multiprocessing
+
+    progress = (multiprocessing.Value("q", 0), multiprocessing.Value("q", 0))
+    with ProcessPoolExecutor(
+        workers, initializer=_init_file_worker, initargs=(progress,)
+    ) as pool:
+        futures = [
+            pool.submit(_extract_one, path, tmp / f".file{i:05d}", writer.limit)
+            for i, path in enumerate(files)
+        ]
+        shown = 0
+        while True:
+            done, running = wait(futures, timeout=0.5, return_when=FIRST_EXCEPTION)
+            now = progress[0].value
+            elapsed = max(time.perf_counter() - started, 1e-9)
+            pages = progress[1].value
+            reporter.advance(now - shown, pages=pages, pages_per_s=round(pages / elapsed))
+            shown = now
+            if not running or any(f.exception() for f in done):
+                break
+        for i, future in enumerate(futures):
+            part = future.result()  # re-raises a worker's error here
+            for field_name in ("pages", "redirects", "other_namespaces", "bytes_read"):
+                setattr(result, field_name, getattr(result, field_name) + getattr(part, field_name))
+            result.cut.extend(part.cut)
+            for name in part.parts:
+                final = f"wiki_{len(writer.parts):05d}.jsonl"
+                os.replace(tmp / f".file{i:05d}" / name, tmp / final)
+                writer.parts.append(final)
+            (tmp / f".file{i:05d}").rmdir()
 
 
 def _count_lines(path: Path) -> int:
@@ -524,9 +619,12 @@ def _extract_file(
         if sites == [] and result.pages == 0:
             raise ET.ParseError("no MediaWiki <siteinfo> or <page> found")
     except (ET.ParseError, EOFError, OSError) as exc:
-        what = "XML" if isinstance(exc, ET.ParseError) else "compressed data"
+        if isinstance(exc, ET.ParseError):  # expat says "no element found" at a premature end
+            what = "XML cut off" if "no element found" in str(exc) else "XML malformed"
+        else:
+            what = "compressed data " + ("cut off" if isinstance(exc, EOFError) else "damaged")
         result.cut.append(
-            f"{path.name}: {what} cut off after {result.pages - pages_before} pages "
+            f"{path.name}: {what} after {result.pages - pages_before} pages "
             f"({counter.count:,} of {path.stat().st_size:,} bytes read): {exc}"
         )
     finally:
@@ -553,7 +651,8 @@ def download_wikipedia(
     """Fetch (or take `inputs`) a pages-articles dump and extract it into `out`.
 
     Dump files are kept in `OUT-dump/` beside `out` (so `preprocess --input OUT` reads only the
-    text). A dump cut off raises UserError after the articles before the cut are in place."""
+    text). A dump cut off (or damaged) raises UserError after the articles before the cut are
+    in place."""
     reporter = reporter or Reporter()
     source: dict[str, Any]
     if inputs:
@@ -584,7 +683,7 @@ def download_wikipedia(
     result = extract(files, out, workers, part_size_mb, reporter, source)
     if result.cut:
         raise UserError(
-            f"dump cut off, {result.articles} articles before the cut kept in {out} "
+            f"dump cut off or damaged: the {result.articles} articles before the cut are in {out} "
             f"(marked incomplete): {'; '.join(result.cut)}"
         )
     return result
