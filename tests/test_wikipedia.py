@@ -20,7 +20,7 @@ import pytest
 from bertcli.errors import UserError
 from bertcli.wikidump import LANGUAGES, wiki_db
 from bertcli.wikipedia import MARKER, clean_wikitext, download_wikipedia, extract
-from tests.conftest import SHARED, require
+from tests.conftest import SHARED, VOCAB_DIR, require
 
 DUMP = SHARED / "wikipedia" / "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
 PART_NAME = "enwiki-20260101-pages-articles-multistream1.xml-p10p30302.bz2"
@@ -182,6 +182,15 @@ def test_download_resume_verify_extract(dump_bytes, articles, tmp_path):
         [MARKER] + [Path(p).name for p in result.parts]
     )
 
+    # a second run finds the verified dump and the complete extraction: nothing is redone
+    server = DumpServer(_routes(dump_bytes, sha1, in_dumpstatus=False))
+    try:
+        again = download_wikipedia(out, "en", url=server.url, workers=2, part_size_mb=1.0)
+    finally:
+        server.close()
+    assert again.skipped and again.parts == result.parts and again.articles == 106
+    assert not [p for p, _ in server.requests if p.endswith(PART_NAME)]
+
     # the same dump from disk, one process, one part: the very same records
     again = extract([dump_file], tmp_path / "one", workers=1, part_size_mb=100)
     assert len(again.parts) == 1 and _records(tmp_path / "one") == records
@@ -310,6 +319,13 @@ def test_cli_extracts_input_and_preprocess_reads_it(tmp_path, invoke, xml_text):
     files = check_input_files([out])
     assert [f.name for f in files] == ["wiki_00000.jsonl"]  # the marker is hidden
     assert sum(1 for _ in read_documents(files)) == len(expected)
+    vocab = require(VOCAB_DIR / "bert-base-uncased.txt")
+    shards = invoke(
+        "preprocess", "--input", out, "--vocab-file", vocab, "--out", tmp_path / "shards",
+        "--max-seq-length", "128", "--dupe-factor", "1", "--workers", "1", "--json",
+    )  # fmt: skip
+    assert shards.exit_code == 0, shards.output
+    assert json.loads(shards.stdout)["train_examples"] > 100  # the tutorial's phase-1 step
 
     bad = invoke("download", "wikipedia", "--input", tmp_path / "nope.xml", "--out", out)
     assert bad.exit_code == 2 and "no such file" in bad.stderr

@@ -15,7 +15,7 @@ import typer
 from typer.core import TyperGroup
 
 from bertcli import __version__
-from bertcli.errors import UserError
+from bertcli.errors import UserError, unhandled_message, user_message
 
 try:  # recent typer vendors click
     from typer._click.exceptions import ClickException
@@ -38,7 +38,7 @@ class _OneLineErrors(TyperGroup):
                 **extra,
             )
         except UserError as exc:
-            _fail(str(exc))
+            _fail(user_message(exc))
         except ClickException as exc:
             _fail(exc.format_message(), exc.exit_code or 2)
         except Abort:
@@ -47,6 +47,11 @@ class _OneLineErrors(TyperGroup):
         except KeyboardInterrupt:
             sys.stderr.write("interrupted\n")
             sys.exit(130)
+        except Exception as exc:  # a full disk or an OS error no command named: still one line
+            message = unhandled_message(exc)
+            if message is None:
+                raise
+            _fail(message)
         code = rv if isinstance(rv, int) else 0
         if standalone_mode:
             sys.exit(code)
@@ -326,6 +331,7 @@ def _download_wikipedia(
         f"wikipedia: {result.articles} articles ({result.redirects} redirects, "
         f"{result.other_namespaces} other pages skipped) in {len(result.parts)} part(s) "
         f"in {result.directory}, {result.seconds:.1f} s"
+        + (" (already complete)" if result.skipped else "")
     )
     _report(asdict(result), json_output, line)
 

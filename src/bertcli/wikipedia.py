@@ -106,6 +106,7 @@ class ExtractResult:
     seconds: float = 0.0
     parts: list[str] = field(default_factory=list)
     cut: list[str] = field(default_factory=list)  # one message per dump whose XML is cut off
+    skipped: bool = False  # already extracted from the same dump files
 
 
 # ---------------------------------------------------------------------------- cleaning
@@ -635,6 +636,22 @@ def _extract_file(
     return done_bytes + counter.count
 
 
+def _completed(out: Path, source: dict[str, Any]) -> ExtractResult | None:
+    """The recorded result if `out` holds a complete extraction of the same dump files."""
+    try:
+        marker = json.loads((out / MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    if not marker.get("complete") or marker.get("dump") != source["dump"]:
+        return None
+    fields = {k: marker[k] for k in ExtractResult.__dataclass_fields__ if k in marker}
+    result = ExtractResult(**fields)
+    if not all(Path(p).is_file() for p in result.parts):
+        return None
+    result.skipped = True
+    return result
+
+
 def download_wikipedia(
     out: Path,
     lang: str = "en",
@@ -680,6 +697,9 @@ def download_wikipedia(
             "job": dump.job,
             "dump": {f.name: f.sha1 for f in dump.files},
         }
+        done = _completed(out, source)
+        if done is not None:
+            return done  # the same verified dump was already extracted completely
     result = extract(files, out, workers, part_size_mb, reporter, source)
     if result.cut:
         raise UserError(
