@@ -137,7 +137,7 @@ class PlainReporter(Reporter):
         self.description = None
 
     def log(self, message: str) -> None:
-        stderr.print(message, highlight=False)
+        stderr.print(message, highlight=False, soft_wrap=True)  # one line, whatever the width
 
     def progress_line(self, fields: dict[str, Any]) -> str:
         """'Pretraining 20/200 steps (10%)  loss=7.1  lr=1e-04  4.2 steps/s  eta 0:00:43'."""

@@ -136,18 +136,23 @@ def _check_safetensors(path: Path) -> None:
 def verify_checkpoint(directory: Path) -> str | None:
     """Why `directory` is not a complete, readable checkpoint (None if it is): every file parses,
     the weights are not truncated, and every member of the trainer state matches its CRC."""
+    name = "config.json"
     try:
-        json.loads((directory / "config.json").read_text(encoding="utf-8"))
-        json.loads((directory / STATE_JSON).read_text(encoding="utf-8"))
-        _check_safetensors(directory / "model.safetensors")
-        with zipfile.ZipFile(directory / STATE_FILE) as archive:
+        json.loads((directory / name).read_text(encoding="utf-8"))
+        name = STATE_JSON
+        json.loads((directory / name).read_text(encoding="utf-8"))
+        name = "model.safetensors"
+        _check_safetensors(directory / name)
+        name = STATE_FILE
+        with zipfile.ZipFile(directory / name) as archive:
             bad = archive.testzip()
         if bad is not None:
             return f"{STATE_FILE}: member {bad} is damaged"
-        if (directory / "tokenizer.json").exists():
-            json.loads((directory / "tokenizer.json").read_text(encoding="utf-8"))
+        name = "tokenizer.json"
+        if (directory / name).exists():
+            json.loads((directory / name).read_text(encoding="utf-8"))
     except (OSError, ValueError, KeyError, TypeError, struct.error, zipfile.BadZipFile) as exc:
-        return str(exc) or type(exc).__name__
+        return f"{name}: {getattr(exc, 'strerror', None) or exc or type(exc).__name__}"
     return None
 
 
