@@ -9,6 +9,7 @@ depends on the block size and worker count, not on the corpus size.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import json
@@ -197,24 +198,34 @@ def make_block_examples(
             skipped += 1
             continue
         tokenized.append(ids)
-    corpus = Corpus.from_documents(tokenized)
+    # one rng per block, drawn in google-research/bert's create_training_instances order:
+    # shuffle the documents, make and mask each instance, shuffle the instances
     rng = random.Random(f"{config.seed}:{namespace}:{block}")
-    gen = np.random.default_rng([config.seed, block, 0 if namespace == "train" else 1])
     if not config.nsp:
-        return _packed_arrays(corpus, config, spec, rng, gen), skipped, len(corpus.tokens), 0
-    pairs = []
+        corpus = Corpus.from_documents(tokenized)
+        return _packed_arrays(corpus, config, spec, rng), skipped, len(corpus.tokens), 0
+    rng.shuffle(tokenized)
+    corpus = Corpus.from_documents(tokenized)
+    instances: list[tuple] = []
+
+    def mask(pair) -> None:
+        ids, segments, length = assemble(corpus.tokens, pair, config.max_seq_length, spec)
+        instances.append((mask_sequence(ids, length, spec, rng), segments, length, pair[4]))
+
     for _ in range(config.dupe_factor):
         for d in range(corpus.num_documents):
-            pairs.extend(
-                document_pairs(corpus, d, config.max_seq_length, config.short_seq_prob, rng)
+            document_pairs(
+                corpus, d, config.max_seq_length, config.short_seq_prob, rng, on_pair=mask
             )
-    rng.shuffle(pairs)
-    arrays = _pairs_to_arrays(corpus.tokens, pairs, config, spec, gen)
-    random_next = int(arrays["next_sentence_labels"].sum()) if pairs else 0
+    rng.shuffle(instances)
+    arrays = _empty_arrays(len(instances), config)
+    for row, instance in enumerate(instances):
+        _fill_row(arrays, row, *instance)
+    random_next = int(arrays["next_sentence_labels"].sum())
     return arrays, skipped, len(corpus.tokens), random_next
 
 
-def _packed_arrays(corpus: Corpus, config: PreprocessConfig, spec: MaskingSpec, rng, gen):
+def _packed_arrays(corpus: Corpus, config: PreprocessConfig, spec: MaskingSpec, rng):
     """MLM-only: the block's documents packed into full windows (see `examples.py`), each
     `dupe_factor` times with different masks, shuffled; the block's last window may be short."""
     stream, seq = stream_starts(corpus), config.max_seq_length
@@ -223,7 +234,8 @@ def _packed_arrays(corpus: Corpus, config: PreprocessConfig, spec: MaskingSpec, 
     out = _empty_arrays(len(windows), config)
     for row, window in enumerate(windows):
         ids, _, length = packed_example(corpus.tokens, 0, stream, window, seq, spec)
-        _fill_row(out, row, ids, np.zeros_like(ids, dtype=np.int8), length, 0, spec, gen)
+        masked = mask_sequence(ids, length, spec, rng)
+        _fill_row(out, row, masked, np.zeros_like(ids, dtype=np.int8), length, 0)
     return out
 
 
@@ -239,22 +251,14 @@ def _empty_arrays(n: int, config: PreprocessConfig) -> dict:
     }
 
 
-def _fill_row(out: dict, row: int, ids, segments, length: int, label: int, spec, gen) -> None:
-    ids, positions, labels = mask_sequence(ids, length, spec, gen)
+def _fill_row(out: dict, row: int, masked: tuple, segments, length: int, label: int) -> None:
+    ids, positions, labels = masked
     out["input_ids"][row] = ids
     out["input_mask"][row, :length] = 1
     out["segment_ids"][row] = segments
     out["masked_lm_positions"][row, : len(positions)] = positions
     out["masked_lm_ids"][row, : len(labels)] = labels
     out["next_sentence_labels"][row] = label
-
-
-def _pairs_to_arrays(tokens, pairs, config: PreprocessConfig, spec: MaskingSpec, gen) -> dict:
-    out = _empty_arrays(len(pairs), config)
-    for row, pair in enumerate(pairs):
-        ids, segments, length = assemble(tokens, pair, config.max_seq_length, spec)
-        _fill_row(out, row, ids, segments, length, pair[4], spec, gen)
-    return out
 
 
 # ---- the driver ------------------------------------------------------------------------------
@@ -392,14 +396,30 @@ def _run(config, tokenizer, spec, files, directory: Path, reporter: Reporter) ->
     return result
 
 
+@contextlib.contextmanager
+def _tokenizer_threads_off() -> Iterator[None]:
+    """`--workers N` means N cores: in process, keep tokenizers' Rust thread pool out of
+    `encode_batch` too, as the pool workers do (tokenizers reads the variable on every call)."""
+    old = os.environ.get("TOKENIZERS_PARALLELISM")
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("TOKENIZERS_PARALLELISM", None)
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = old
+
+
 def _produce(config, tokenizer, spec, blocks, collect) -> None:
     """Make each block's examples, in process or in a bounded window of worker processes."""
     if config.workers == 1:
-        for namespace, index, docs in blocks:
-            collect(
-                namespace,
-                make_block_examples(tokenizer.tokenizer, docs, spec, config, namespace, index),
-            )
+        with _tokenizer_threads_off():
+            for namespace, index, docs in blocks:
+                collect(
+                    namespace,
+                    make_block_examples(tokenizer.tokenizer, docs, spec, config, namespace, index),
+                )
     else:
         init = (tokenizer.tokenizer.to_str(), spec, config, os.getpid())
         with ProcessPoolExecutor(config.workers, initializer=_init_worker, initargs=init) as pool:

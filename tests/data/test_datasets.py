@@ -156,13 +156,17 @@ def test_short_documents_follow_one_rule(tok, tmp_path):
     assert text.stats.documents == 3
 
 
-def test_lazy_pairing_matches_one_whole_corpus_pass(tok, corpus):
+def test_lazy_pairing_matches_one_whole_corpus_pass(tok, corpus, monkeypatch):
     """Per-block pairing gives an epoch like BERT's one pass over the corpus: about as many
     examples, covering as much of the text (A and same-document B spans)."""
     import random
 
+    import bertcli.data.token_store as token_store
     from bertcli.data.examples import document_pairs
 
+    # small blocks, and capacities estimated for most of them (not measured)
+    monkeypatch.setattr(token_store, "BLOCK_TOKENS", 2048)
+    monkeypatch.setattr(TextDataset, "CALIBRATION_BLOCKS", 3)
     ds = TextDataset([corpus], tok, max_seq_length=128, short_seq_prob=0.0)
 
     def coverage(pairs):
@@ -178,9 +182,10 @@ def test_lazy_pairing_matches_one_whole_corpus_pass(tok, corpus):
         p for d in range(ds.corpus.num_documents) for p in document_pairs(ds.corpus, d, 128, 0, rng)
     ]
     lazy = [ds._pair(*_block_slot(ds, i)) for i in range(len(ds))]
-    assert len(ds.capacity) > 1  # several blocks, so the test means something
+    assert len(ds.capacity) > 5  # several blocks, so the test means something
     assert abs(len(lazy) - len(reference)) < 0.05 * len(reference)
-    assert coverage(lazy) > coverage(reference) - 0.02
+    # capacities estimated from 3 of 9 tiny blocks drop a few pairs (a fresh few every epoch)
+    assert coverage(lazy) > coverage(reference) - 0.05
     ds.set_epoch(1)
     assert coverage([ds._pair(*_block_slot(ds, i)) for i in range(len(ds))]) > 0.85
 
@@ -197,7 +202,7 @@ def test_an_overlong_sentence_is_split_not_truncated(tok, tmp_path):
     ds = TextDataset([path], tok, max_seq_length=64, short_seq_prob=0.0)
     long_doc = int(ds.corpus.sent_start[ds.corpus.doc_start[1]])
     total = len(ds.corpus.tokens) - long_doc
-    assert total > 40_000
+    assert total >= 40_000
     seen = np.zeros(len(ds.corpus.tokens), dtype=bool)
     for i in range(len(ds)):
         a0, a1, b0, b1, is_random = ds._pair(*_block_slot(ds, i))
@@ -240,16 +245,19 @@ def test_text_dataset_rejects_empty(tok, tmp_path):
 
 
 def test_unwritable_cache_is_one_line(tok, corpus, tmp_path):
-    if os.geteuid() == 0:
-        pytest.skip("root writes anywhere")
-    locked = tmp_path / "locked"
-    locked.mkdir()
-    locked.chmod(0o500)
-    try:
-        with pytest.raises(UserError, match="cannot write the token cache"):
-            TextDataset([corpus], tok, cache_dir=locked / "cache")
-    finally:
-        locked.chmod(0o700)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("in the way\n")  # not a directory: unwritable even for root
+    with pytest.raises(UserError, match="cannot write the token cache in .*a-file"):
+        TextDataset([corpus], tok, cache_dir=blocker / "cache")
+    if os.geteuid() != 0:
+        locked = tmp_path / "locked"
+        locked.mkdir()
+        locked.chmod(0o500)
+        try:
+            with pytest.raises(UserError, match="cannot write the token cache"):
+                TextDataset([corpus], tok, cache_dir=locked / "cache")
+        finally:
+            locked.chmod(0o700)
 
 
 def test_a_failed_build_leaves_nothing(tok, corpus, tmp_path):

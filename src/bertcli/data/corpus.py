@@ -37,6 +37,9 @@ COMPRESSED = {
 # What a damaged stream raises, turned into one line naming the file.
 _STREAM_ERRORS = (OSError, EOFError, lzma.LZMAError, zlib.error)
 _BOM = "\ufeff"
+# A line is read whole (a sentence, or a JSON record): longer ones are refused, never read into
+# memory, so a huge file without newlines cannot exhaust it.
+MAX_LINE_BYTES = 16 << 20
 
 _WIKI_TITLE = re.compile(r"^ ?= [^=].* = ?$")
 _WIKI_HEADING = re.compile(r"^ ?(= ){2,}.*( =){2,} ?$")
@@ -148,7 +151,12 @@ def read_lines(path: Path, stats: CorpusStats) -> Iterator[str]:
         consumed = 0  # of raw_file, as of the last progress update
         first = True
         try:
-            for n, raw in enumerate(handle):
+            for n, raw in enumerate(iter(lambda: handle.readline(MAX_LINE_BYTES + 1), b"")):
+                if len(raw) > MAX_LINE_BYTES:
+                    raise UserError(
+                        f"{path}: line {n + 1} is longer than {MAX_LINE_BYTES >> 20} MiB; "
+                        "expected one sentence (or one JSON record) per line"
+                    )
                 stats.lines += 1
                 if compressed:
                     if n % 1024 == 0:  # tell() is cheap, but not free per line

@@ -299,8 +299,8 @@ class TextDataset(torch.utils.data.Dataset):
                 self.corpus.tokens, 0, self.store.stream_start, i, seq, self.spec
             )
             label = 0
-        gen = np.random.default_rng([self.seed, self.epoch, i])
-        ids, positions, labels = mask_sequence(ids, length, self.spec, gen)
+        rng = random.Random(f"{self.seed}:{self.epoch}:{i}")  # this example's masks only
+        ids, positions, labels = mask_sequence(ids, length, self.spec, rng)
         mlm_labels = np.full(seq, -100, dtype=np.int64)
         mlm_labels[positions] = labels
         padded_positions = np.zeros(self.spec.max_predictions_per_seq, dtype=np.int64)

@@ -11,11 +11,21 @@ flat id array instead of Python lists, so it is cheap in memory and shared by `p
 * the longer side is truncated one token at a time, from the front or back at random;
 * `min(max_pred, max(1, round(len * masked_lm_prob)))` positions are predicted, never [CLS]/[SEP],
   80% [MASK] / 10% random token / 10% unchanged; whole-word masking groups continuation pieces.
+
+Every draw comes from one `random.Random` in the reference's order (pairing, truncation, then
+masking of that instance, then the next chunk), so `tests/data/test_examples.py` reproduces our
+instances exactly with an independent port of `create_instances_from_document` and
+`create_masked_lm_predictions`.
+
+MLM-only data (`--no-nsp`) is *packed* instead (RoBERTa's FULL-SENTENCES, transformers' `run_mlm`
+`group_texts`): the documents form one stream with a [SEP] after each, cut into consecutive
+`max_seq_length - 2` token windows, each `[CLS] window [SEP]`, all in segment 0, label 0.
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -57,6 +67,51 @@ class Corpus:
         return cls(np.asarray(flat, dtype=np.int32), sent_start, doc_start)
 
 
+# The one rule for short documents, whichever path tokenizes them (preprocess, the token store):
+# a document needs 2 tokens to give an A and a B; shorter ones are skipped and counted.
+MIN_DOCUMENT_TOKENS = 2
+
+
+def is_short_document(sentences: list[list[int]]) -> bool:
+    """Whether a tokenized document has too few tokens to make any example."""
+    return sum(len(s) for s in sentences) < MIN_DOCUMENT_TOKENS
+
+
+def document_view(corpus: Corpus, first: int, last: int) -> Corpus:
+    """Documents [first, last) as a Corpus sharing `corpus.tokens` (spans stay global)."""
+    s0, s1 = int(corpus.doc_start[first]), int(corpus.doc_start[last])
+    sent_start = np.asarray(corpus.sent_start[s0 : s1 + 1], dtype=np.int64)
+    doc_start = np.asarray(corpus.doc_start[first : last + 1], dtype=np.int64) - s0
+    return Corpus(corpus.tokens, sent_start, doc_start)
+
+
+def split_long_sentences(corpus: Corpus, max_num_tokens: int) -> Corpus:
+    """Cut every sentence longer than `max_num_tokens` into pieces of ceil(max/2) tokens.
+
+    Such a sentence can never fit one example: the reference algorithm truncates it and drops
+    the rest (all but 125 tokens of a 1 MB "sentence"). Halves pack two to a segment, so every
+    token of it is used. Shorter sentences are left as they are (the reference's behaviour).
+    """
+    starts = np.asarray(corpus.sent_start, dtype=np.int64)
+    lengths = np.diff(starts)
+    if len(lengths) == 0 or int(lengths.max()) <= max_num_tokens:
+        return corpus
+    piece = (max_num_tokens + 1) // 2
+    counts = np.where(lengths > max_num_tokens, -(-lengths // piece), 1)
+    owner = np.repeat(np.arange(len(lengths)), counts)
+    rank = np.arange(len(owner)) - np.repeat(np.cumsum(counts) - counts, counts)
+    sent_start = np.append(starts[:-1][owner] + rank * piece, starts[-1])
+    cumulative = np.concatenate([[0], np.cumsum(counts)])
+    return Corpus(corpus.tokens, sent_start, cumulative[np.asarray(corpus.doc_start)])
+
+
+def long_sentence_loss(corpus: Corpus, max_num_tokens: int) -> tuple[int, int]:
+    """(sentences longer than `max_num_tokens`, tokens beyond it): what truncation must drop."""
+    lengths = np.diff(np.asarray(corpus.sent_start, dtype=np.int64))
+    over = lengths[lengths > max_num_tokens]
+    return len(over), int((over - max_num_tokens).sum())
+
+
 # An instance before masking: A = tokens[a0:a1], B = tokens[b0:b1], and the NSP label.
 Pair = tuple[int, int, int, int, int]
 
@@ -83,15 +138,28 @@ def document_pairs(
     max_seq_length: int,
     short_seq_prob: float,
     rng: random.Random,
+    source: Corpus | None = None,
+    doc_offset: int = 0,
+    on_pair: Callable[[Pair], object] | None = None,
 ) -> list[Pair]:
-    """All (A, B, is_random_next) span pairs of one document, as the reference makes them."""
+    """All (A, B, is_random_next) span pairs of one document, as the reference makes them.
+
+    Random Bs come from `source` (default: `corpus`), where this document is number
+    `doc + doc_offset`; with a `source`, a B is capped at `max_num_tokens` before truncation
+    (it would be cut to fit anyway; an unsplit 1 MB sentence would cost a long trimming loop).
+    `on_pair` is called with each pair as soon as it is made, before the next draw: the
+    reference masks every instance there, so `on_pair` masking with `mask_sequence(..., rng)`
+    draws from `rng` in the reference's order.
+    """
     max_num_tokens = max_seq_length - 3
     target = max_num_tokens
     if rng.random() < short_seq_prob:
         target = rng.randint(2, max_num_tokens)
     ss = corpus.sent_start
     first, last = int(corpus.doc_start[doc]), int(corpus.doc_start[doc + 1])
-    num_docs = corpus.num_documents
+    others = corpus if source is None else source
+    own = doc + doc_offset
+    num_docs = others.num_documents
     pairs: list[Pair] = []
     chunk_start = first  # first sentence of the current chunk
     length = 0
@@ -105,18 +173,22 @@ def document_pairs(
             if n == 1 or rng.random() < 0.5:
                 is_random = 1
                 target_b = target - (a1 - a0)
-                other = doc
+                other = own
                 for _ in range(10):
                     other = rng.randint(0, num_docs - 1)
-                    if other != doc:
+                    if other != own:
                         break
-                o_first, o_last = int(corpus.doc_start[other]), int(corpus.doc_start[other + 1])
+                o_ss = others.sent_start
+                o_first = int(others.doc_start[other])
+                o_last = int(others.doc_start[other + 1])
                 start = rng.randint(o_first, o_last - 1)
-                b0 = b1 = int(ss[start])
+                b0 = b1 = int(o_ss[start])
                 for j in range(start, o_last):
-                    b1 = int(ss[j + 1])
+                    b1 = int(o_ss[j + 1])
                     if b1 - b0 >= target_b:
                         break
+                if source is not None:
+                    b1 = min(b1, b0 + max_num_tokens)
                 i -= n - a_end  # put the unused sentences back
             else:
                 is_random = 0
@@ -124,10 +196,82 @@ def document_pairs(
             a0, a1, b0, b1 = _truncate(a0, a1, b0, b1, max_num_tokens, rng)
             if a1 > a0 and b1 > b0:
                 pairs.append((a0, a1, b0, b1, is_random))
+                if on_pair is not None:
+                    on_pair(pairs[-1])
             chunk_start = i + 1
             length = 0
         i += 1
     return pairs
+
+
+def block_pairs(
+    corpus: Corpus,
+    first: int,
+    last: int,
+    max_seq_length: int,
+    short_seq_prob: float,
+    rng: random.Random,
+) -> np.ndarray:
+    """(n, 5) pairs of documents [first, last), sentences longer than a segment split first;
+    random Bs drawn from the whole `corpus`."""
+    local = split_long_sentences(document_view(corpus, first, last), max_seq_length - 3)
+    pairs: list[Pair] = []
+    for d in range(local.num_documents):
+        pairs.extend(
+            document_pairs(
+                local, d, max_seq_length, short_seq_prob, rng, source=corpus, doc_offset=first
+            )
+        )
+    return np.asarray(pairs, dtype=np.int64).reshape(-1, 5)
+
+
+def stream_starts(corpus: Corpus) -> np.ndarray:
+    """(num_documents + 1,) where each document starts in the packed stream: its tokens, then
+    one [SEP]; the last entry is the stream's length."""
+    token_start = np.asarray(corpus.sent_start, dtype=np.int64)[np.asarray(corpus.doc_start)]
+    return token_start - token_start[0] + np.arange(len(token_start))
+
+
+def packed_windows(stream_start: np.ndarray, max_seq_length: int) -> int:
+    """How many `max_seq_length - 2` windows cover the stream (the last may be shorter; the
+    final document's own [SEP] is left out, the closing [SEP] of the window stands for it)."""
+    length = int(stream_start[-1]) - 1
+    return -(-length // (max_seq_length - 2)) if length > 0 else 0
+
+
+def packed_ids(
+    tokens: np.ndarray, token_base: int, stream_start: np.ndarray, p0: int, p1: int, sep_id: int
+) -> np.ndarray:
+    """Stream positions [p0, p1) as ids: document tokens, [SEP] where a document ends.
+
+    Stream position p of document d is token `token_base + p - d` (documents are contiguous).
+    """
+    positions = np.arange(p0, p1, dtype=np.int64)
+    doc = np.searchsorted(stream_start, positions, side="right") - 1
+    is_sep = positions == np.asarray(stream_start)[doc + 1] - 1
+    index = np.where(is_sep, token_base, token_base + positions - doc)
+    return np.where(is_sep, sep_id, np.asarray(tokens[index])).astype(np.int32)
+
+
+def packed_example(
+    tokens: np.ndarray,
+    token_base: int,
+    stream_start: np.ndarray,
+    window: int,
+    max_seq_length: int,
+    spec: MaskingSpec,
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Window `window` of the packed stream as [CLS] ids [SEP], padded: (ids, segments, length)."""
+    width = max_seq_length - 2
+    end = int(stream_start[-1]) - 1
+    p0 = window * width
+    body = packed_ids(tokens, token_base, stream_start, p0, min(p0 + width, end), spec.sep_id)
+    length = len(body) + 2
+    ids = np.full(max_seq_length, spec.pad_id, dtype=np.int32)
+    ids[0] = spec.cls_id
+    ids[1 : 1 + len(body)] = body
+    ids[1 + len(body)] = spec.sep_id
+    return ids, np.zeros(max_seq_length, dtype=np.int8), length
 
 
 @dataclass
@@ -171,50 +315,49 @@ def assemble(tokens: np.ndarray, pair: Pair, max_seq_length: int, spec: MaskingS
 
 
 def mask_sequence(
-    ids: np.ndarray, length: int, spec: MaskingSpec, gen: np.random.Generator
+    ids: np.ndarray, length: int, spec: MaskingSpec, rng: random.Random
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Mask in place: returns (ids, positions ascending, original ids at those positions)."""
-    body = np.arange(length)
-    special = (ids[:length] == spec.cls_id) | (ids[:length] == spec.sep_id)
-    candidates = body[~special]
+    """Mask in place: returns (ids, positions ascending, original ids at those positions).
+
+    google-research/bert's `create_masked_lm_predictions`, drawing from `rng` in its order:
+    shuffle the candidate words (pieces, or whole words), take words while they fit, and for each
+    piece taken `random() < 0.8` -> [MASK], else `random() < 0.5` -> unchanged, else
+    `randint(0, vocab - 1)`. As there, a continuation piece joins the previous candidate word
+    even across a [SEP].
+    """
+    row = ids[:length].tolist()
+    cont = spec.continuation if spec.whole_word_masking else None
+    words: list[list[int]] = []
+    for i, token in enumerate(row):
+        if token == spec.cls_id or token == spec.sep_id:
+            continue
+        if cont is not None and words and cont[token]:
+            words[-1].append(i)
+        else:
+            words.append([i])
+    rng.shuffle(words)
     num_to_predict = min(
         spec.max_predictions_per_seq, max(1, int(round(length * spec.masked_lm_prob)))
     )
-    if spec.whole_word_masking and spec.continuation is not None:
-        positions = _whole_word_positions(ids, candidates, num_to_predict, spec, gen)
-    else:
-        positions = gen.permutation(candidates)[:num_to_predict]
-    positions = np.sort(positions)
-    labels = ids[positions].copy()
-    r = gen.random(len(positions))
-    keep_or_random = gen.random(len(positions))
-    replacement = gen.integers(0, spec.vocab_size, len(positions), dtype=np.int32)
-    new = np.where(r < 0.8, spec.mask_id, np.where(keep_or_random < 0.5, labels, replacement))
-    ids[positions] = new
-    return ids, positions.astype(np.int32), labels.astype(np.int32)
-
-
-def _whole_word_positions(ids, candidates, num_to_predict, spec, gen) -> np.ndarray:
-    """Group continuation pieces with their word, shuffle words, take whole words greedily."""
-    cont = spec.continuation[ids[candidates]]
-    # a new word starts at every non-continuation piece and after any gap (a [SEP])
-    starts = ~cont
-    starts[0] = True
-    gaps = np.diff(candidates) != 1
-    starts[1:] |= gaps
-    word_ids = np.cumsum(starts) - 1
-    num_words = int(word_ids[-1]) + 1 if len(word_ids) else 0
-    chosen: list[int] = []
-    count = 0
-    for w in gen.permutation(num_words):
-        if count >= num_to_predict:
+    chosen: list[tuple[int, int]] = []  # (position, id shown)
+    for word in words:
+        if len(chosen) >= num_to_predict:
             break
-        members = candidates[word_ids == w]
-        if count + len(members) > num_to_predict:
+        if len(chosen) + len(word) > num_to_predict:
             continue
-        chosen.extend(members.tolist())
-        count += len(members)
-    return np.asarray(chosen, dtype=np.int64)
+        for i in word:
+            if rng.random() < 0.8:
+                shown = spec.mask_id
+            elif rng.random() < 0.5:
+                shown = row[i]
+            else:
+                shown = rng.randint(0, spec.vocab_size - 1)
+            chosen.append((i, shown))
+    chosen.sort()
+    positions = np.asarray([p for p, _ in chosen], dtype=np.int32)
+    labels = np.asarray([row[p] for p, _ in chosen], dtype=np.int32)
+    ids[positions] = np.asarray([v for _, v in chosen], dtype=ids.dtype)
+    return ids, positions, labels
 
 
 def continuation_mask(tokenizer) -> np.ndarray:
