@@ -11,8 +11,11 @@ only renames a file into the cache once it is complete. Every failure becomes on
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -101,6 +104,18 @@ class _Bar:
         self.close()
 
 
+@contextmanager
+def _quiet_client() -> Iterator[None]:
+    """The client logs each retry as a warning; bertcli reports the outcome in one line."""
+    logger = logging.getLogger("huggingface_hub")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def _offline() -> bool:
     from huggingface_hub import constants
 
@@ -133,27 +148,29 @@ def _get(
     A file the repo lacks raises `EntryNotFoundError` for the caller to skip; so does an
     `optional` file missing from the cache when the network is off limits.
     """
-    from huggingface_hub import hf_hub_download
+    from huggingface_hub import errors, hf_hub_download
     from huggingface_hub.errors import (
         EntryNotFoundError,
         GatedRepoError,
         HfHubHTTPError,
-        HTTPError,
         LocalEntryNotFoundError,
         RepositoryNotFoundError,
         RevisionNotFoundError,
     )
 
+    # the transport's base error (httpx's, or httpx2's in huggingface_hub 2.x)
+    transport_error = getattr(errors, "HTTPError", OSError)
+
     try:
-        return Path(
-            hf_hub_download(
+        with _quiet_client():
+            path = hf_hub_download(
                 name,
                 filename,
                 revision=revision,
                 tqdm_class=partial(_Bar, reporter, f"{name}/{filename}"),  # type: ignore[arg-type]
                 local_files_only=local_only,
             )
-        )
+        return Path(path)
     except LocalEntryNotFoundError as exc:
         offline = local_only or _offline()
         if optional and offline:
@@ -190,7 +207,7 @@ def _get(
     except HfHubHTTPError as exc:
         status = exc.response.status_code if exc.response is not None else "?"
         raise UserError(f"{name}: the Hub answered HTTP {status} for {filename}") from None
-    except HTTPError as exc:
+    except transport_error as exc:
         raise UserError(
             f"{name}: download of {filename} failed ({type(exc).__name__}: {exc}); run again "
             "to retry"

@@ -1,4 +1,7 @@
-"""pretrain through the CLI: shards, --init-from (dirs, transformers dirs, the HF cache), bad input."""
+"""pretrain through the CLI: shards, --init-from (dirs, transformers dirs), bad input.
+
+--init-from a Hub name (download, cache, offline) is in tests/test_hub.py.
+"""
 
 from __future__ import annotations
 
@@ -81,49 +84,6 @@ def test_pretrain_on_shards_from_transformers_checkpoint(invoke, shards, tokeniz
     after = BertForPreTraining.from_pretrained(out / "checkpoints" / "step_00000004").state_dict()
     assert torch.equal(before["nsp.weight"], after["nsp.weight"])  # NSP head untouched
     assert not torch.equal(before["mlm_dense.weight"], after["mlm_dense.weight"])
-
-
-def test_init_from_hugging_face_cache(invoke, corpus, tokenizer_dir, tmp_path, monkeypatch):
-    snapshot = tmp_path / "hub" / "models--someone--tiny-bert" / "snapshots" / "abc123"
-    snapshot.parent.mkdir(parents=True)
-    pretrained_dir(tmp_path, 2000).rename(snapshot)
-    (tmp_path / "hub" / "models--someone--tiny-bert" / "refs").mkdir()
-    (tmp_path / "hub" / "models--someone--tiny-bert" / "refs" / "main").write_text("abc123")
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
-    result = invoke(
-        "pretrain",
-        "--data-text",
-        "--train-data",
-        corpus / "train.txt",
-        "--tokenizer",
-        tokenizer_dir,
-        "--init-from",
-        "someone/tiny-bert",
-        "--out",
-        tmp_path / "run",
-        "--max-seq-length",
-        "64",
-        "--batch-size",
-        "8",
-        "--max-steps",
-        "2",
-    )
-    assert result.exit_code == 0, result.output
-    missing = invoke(
-        "pretrain",
-        "--data-text",
-        "--train-data",
-        corpus / "train.txt",
-        "--tokenizer",
-        tokenizer_dir,
-        "--init-from",
-        "bert-base-uncased",
-        "--out",
-        tmp_path / "run2",
-        "--max-steps",
-        "2",
-    )
-    assert missing.exit_code == 2 and "pass a local directory" in missing.stderr
 
 
 def test_default_corpus_and_auto_tokenizer(invoke, tmp_path, monkeypatch):
