@@ -68,7 +68,7 @@ def _clean_env() -> dict[str, str]:
     return env
 
 
-def _run_line(line: str, cwd: Path, timeout: int = 1200) -> subprocess.CompletedProcess:
+def _run_line(line: str, cwd: Path, timeout: int = 1800) -> subprocess.CompletedProcess:
     if shutil.which("python3", path=_clean_env()["PATH"]) is None:
         pytest.skip("no python3 on PATH outside the test's virtualenv")
     return subprocess.run(
