@@ -26,7 +26,7 @@ import h5py
 import numpy as np
 
 from bertcli.atomic import durable_replace
-from bertcli.errors import UserError
+from bertcli.errors import MIN_FREE, UserError, check_space, os_error, writing
 
 KEYS = (
     "input_ids",
@@ -89,9 +89,69 @@ def write_shard(
     durable_replace(tmp, path)
 
 
+class _KeepFirstError:
+    """The file h5py writes through (its fileobj driver), keeping the first OSError instead of
+    raising it.
+
+    libhdf5 cannot recover from a failed write: on a full disk it prints "Exception ignored"
+    tracebacks and then crashes (SIGSEGV) when the file is closed. Behind this, HDF5 never sees
+    the failure; the unusable file is deleted and the kept error reported after the close.
+    """
+
+    def __init__(self, path: Path):
+        self.handle = open(path, "w+b")  # buffered: a write is whole or raises
+        self.error: OSError | None = None
+
+    def write(self, data) -> int:
+        size = memoryview(data).nbytes
+        if self.error is None:
+            try:
+                self.handle.write(data)
+                return size
+            except OSError as exc:
+                self.error = exc
+        self.handle.seek(size, 1)  # keep the offsets HDF5 expects
+        return size
+
+    def read(self, size: int = -1) -> bytes:
+        return self.handle.read(size)
+
+    def readinto(self, buffer) -> int:
+        return self.handle.readinto(buffer)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self.handle.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self.handle.tell()
+
+    def truncate(self, size: int | None = None) -> int:
+        try:
+            return self.handle.truncate(size)
+        except OSError as exc:
+            self.error = self.error or exc
+            return size or 0
+
+    def flush(self) -> None:
+        try:
+            self.handle.flush()
+        except OSError as exc:
+            self.error = self.error or exc
+
+    def close(self) -> None:
+        self.flush()
+        try:
+            self.handle.close()
+        except OSError as exc:
+            self.error = self.error or exc
+
+
 class ShardAppender:
     """Writes one shard incrementally (resizable datasets), so memory holds one block, not a
-    shard; the file appears under its final name only on `close()`."""
+    shard; the file appears under its final name only on `close()`.
+
+    A full disk is one UserError naming the shard and the space needed: checked before each
+    block (uncompressed size, an upper bound), and caught in the write itself."""
 
     def __init__(
         self,
@@ -104,12 +164,17 @@ class ShardAppender:
         self.compression = compression
         self.attrs = dict(attrs or {})
         self.file: h5py.File | None = None
+        self.sink: _KeepFirstError | None = None
         self.rows = 0
 
     def append(self, arrays: dict[str, np.ndarray]) -> None:
         n = len(arrays["input_ids"])
+        block = sum(np.asarray(arrays[key]).size * np.dtype(DTYPES[key]).itemsize for key in KEYS)
+        check_space(self.path, block + MIN_FREE, f"a block of {n:,} examples")
         if self.file is None:
-            self.file = h5py.File(self.tmp, "w")
+            with writing(self.tmp):
+                self.sink = _KeepFirstError(self.tmp)
+            self.file = h5py.File(self.sink, "w")
             self.file.attrs.update(self.attrs)
             for key in KEYS:
                 data = np.asarray(arrays[key], dtype=DTYPES[key])
@@ -130,15 +195,27 @@ class ShardAppender:
 
     def close(self) -> None:
         if self.file is not None:
-            self.file.close()
-            durable_replace(self.tmp, self.path)
-            self.file = None
+            self._close_file()
+            with writing(self.path):
+                durable_replace(self.tmp, self.path)
+
+    def _close_file(self) -> None:
+        assert self.file is not None and self.sink is not None
+        self.file.close()
+        self.sink.close()
+        self.file = None
+        if self.sink.error is not None:
+            self.tmp.unlink(missing_ok=True)
+            raise os_error(self.sink.error, self.path) or self.sink.error
 
     def abort(self) -> None:
-        if self.file is not None:
-            self.file.close()
-            self.file = None
-        self.tmp.unlink(missing_ok=True)
+        try:
+            if self.file is not None:
+                self._close_file()
+        except UserError:
+            pass  # the error that made us abort is the one to report
+        finally:
+            self.tmp.unlink(missing_ok=True)
 
 
 def validate_shard(f: h5py.File, name: str) -> tuple[int, int, int]:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from bertcli.atomic import atomic_directory, remove_tree
-from bertcli.errors import UserError
+from bertcli.errors import MIN_FREE, UserError, check_space, writing
 from bertcli.hf import write_pretrained_files
 from bertcli.model import BertForPreTraining
 from bertcli.tokenizer import BertTokenizer, write_tokenizer_files
@@ -60,13 +60,28 @@ def save_checkpoint(
     summary: dict[str, Any],
 ) -> Path:
     """Write `directory` atomically: temporary sibling, then rename."""
-    with atomic_directory(directory) as tmp:
+    needed = _tensor_bytes(model.state_dict()) + _tensor_bytes(trainer_state) + MIN_FREE
+    check_space(directory, needed, "the checkpoint")  # a full disk: one line, older ones intact
+    with atomic_directory(directory) as tmp, writing(directory, needed, "the checkpoint"):
         write_pretrained_files(model, tmp)
         if tokenizer is not None:
             write_tokenizer_files(tokenizer, tmp)
         torch.save(trainer_state, tmp / STATE_FILE)
         (tmp / STATE_JSON).write_text(json.dumps(summary, indent=2) + "\n")
     return directory
+
+
+def _tensor_bytes(obj: Any) -> int:
+    """Bytes of every tensor and array in a nested state (what torch.save will write)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, np.ndarray):
+        return obj.nbytes
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
 
 
 def checkpoint_name(step: int) -> str:
