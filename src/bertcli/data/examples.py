@@ -105,13 +105,6 @@ def split_long_sentences(corpus: Corpus, max_num_tokens: int) -> Corpus:
     return Corpus(corpus.tokens, sent_start, cumulative[np.asarray(corpus.doc_start)])
 
 
-def long_sentence_loss(corpus: Corpus, max_num_tokens: int) -> tuple[int, int]:
-    """(sentences longer than `max_num_tokens`, tokens beyond it): what truncation must drop."""
-    lengths = np.diff(np.asarray(corpus.sent_start, dtype=np.int64))
-    over = lengths[lengths > max_num_tokens]
-    return len(over), int((over - max_num_tokens).sum())
-
-
 # An instance before masking: A = tokens[a0:a1], B = tokens[b0:b1], and the NSP label.
 Pair = tuple[int, int, int, int, int]
 
