@@ -363,3 +363,22 @@ def test_damaged_compressed_dump_is_reported(tmp_path):
     with pytest.raises(UserError, match="compressed data damaged after 0 pages"):
         download_wikipedia(tmp_path / "out", inputs=[path])
     assert _records(tmp_path / "out") == []
+
+
+def test_progress_shows_bytes_pages_and_rate(xml_text, tmp_path):
+    import io
+
+    from rich.console import Console
+
+    from bertcli.console import RichReporter
+
+    end = xml_text.index("</page>", len(xml_text) // 10) + len("</page>")
+    path = tmp_path / "small.xml"
+    path.write_text(xml_text[:end] + "\n</mediawiki>\n", encoding="utf-8")
+    buffer = io.StringIO()
+    reporter = RichReporter(Console(file=buffer, force_terminal=True, width=200))
+    extract([path], tmp_path / "out", reporter=reporter)
+    shown = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", buffer.getvalue())
+    size_kb = f"{path.stat().st_size / 1e3:.1f}"
+    assert "Extracting articles" in shown and f"100% {size_kb}/{size_kb} kB" in shown
+    assert re.search(r"pages=\d+", shown) and re.search(r"pages_per_s=\d+", shown)

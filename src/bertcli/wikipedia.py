@@ -632,7 +632,10 @@ def _extract_file(
         stream.close()
     if batch:
         submit()
-    reporter.advance(counter.count - reported, pages=result.pages)
+    elapsed = max(time.perf_counter() - started, 1e-9)
+    reporter.advance(
+        counter.count - reported, pages=result.pages, pages_per_s=round(result.pages / elapsed)
+    )
     return done_bytes + counter.count
 
 
