@@ -374,7 +374,7 @@ def _download_model(name, revision, out, url, sha256, json_output) -> None:
 
     if not is_model_name(name):
         raise UserError(
-            f"unknown name {name!r}; corpora: {', '.join(REGISTRY)}; checkpoints: "
+            f"unknown name {name!r}; corpora: {', '.join(REGISTRY)}, wikipedia; checkpoints: "
             f"{known_names()} or any org/name BERT repo on the Hugging Face Hub"
         )
     for flag, value in (("--out", out), ("--url", url), ("--sha256", sha256)):
@@ -390,7 +390,11 @@ def _download_model(name, revision, out, url, sha256, json_output) -> None:
 
 @app.command("preprocess")
 def preprocess(
-    input: list[Path] = typer.Option(..., help="Corpus files or directories; repeatable."),
+    input: list[Path] = typer.Option(
+        ...,
+        help="Corpus files (.gz/.bz2/.xz read as streams) or directories (every file below, "
+        "sorted); repeatable.",
+    ),
     out: Path = typer.Option(..., help="Output directory (a DLE-named sub-directory is made)."),
     tokenizer: Path | None = typer.Option(None, help="Tokenizer directory (build-tokenizer)."),
     vocab_file: Path | None = typer.Option(None, help="Or a published BERT vocab.txt."),
@@ -411,7 +415,9 @@ def preprocess(
         "across document ends (RoBERTa FULL-SENTENCES); every next_sentence_labels is 0.",
     ),
     input_format: InputFormat = typer.Option(InputFormat.auto, help="How to read --input."),
-    workers: int | None = typer.Option(None, help="Processes (default: all cores)."),
+    workers: int | None = typer.Option(
+        None, help="Cores: single-threaded processes (default: all cores)."
+    ),
     shard_size: int = typer.Option(65536, help="Examples per HDF5 shard."),
     eval_fraction: float = typer.Option(
         0.0, help="Fraction of documents held out as eval shards (DIR/eval)."
@@ -779,15 +785,12 @@ def evaluate(
 
 
 def _load_tokenizer(tokenizer: Path | None, vocab_file: Path | None, lowercase: bool | None):
-    from bertcli import tokenizer as tk
+    from bertcli.tokenizer import tokenizer_from_options
 
-    if tokenizer is not None and vocab_file is not None:
-        raise UserError("give --tokenizer or --vocab-file, not both")
-    if tokenizer is not None:
-        return tk.load_tokenizer(tokenizer)
-    if vocab_file is not None:
-        return tk.tokenizer_from_vocab(vocab_file, lowercase)
-    raise UserError("give --tokenizer DIR or --vocab-file vocab.txt")
+    tok = tokenizer_from_options(tokenizer, vocab_file, lowercase)
+    if tok is None:
+        raise UserError("give --tokenizer DIR or --vocab-file vocab.txt")
+    return tok
 
 
 def _report(summary: dict[str, Any], json_output: bool, line: str) -> None:
