@@ -6,11 +6,15 @@ no traceback, and leave nothing at the output path that looks complete.
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+
 import numpy as np
 import pytest
 
 from bertcli.config import BertConfig
-from bertcli.data.shards import ShardArrays, write_shard
+from bertcli.data.shards import KEYS, ShardArrays, write_shard
 from bertcli.model import BertForPreTraining
 from bertcli.tokenizer import train_tokenizer
 from tests.conftest import WIKITEXT2, require
@@ -280,6 +284,11 @@ CASES = {
         "next_sentence_labels holds 2",
     ),
     "pt-out-is-file": (PT[:-1] + ["{d}/corpus.txt"] + PT_ARGS, "not a directory"),
+    "pt-tokenizer-and-vocab": (PT + PT_ARGS + ["--vocab-file", "{d}/tok/vocab.txt"], "not both"),
+    "pp-tokenizer-and-vocab": (
+        PP + ["--input", "{d}/corpus.txt", "--vocab-file", "{d}/tok/vocab.txt"],
+        "not both",
+    ),
     "pt-eps-zero": (PT + PT_ARGS + ["--eps", "0"], "--eps"),
     "pt-lr-power-zero": (PT + PT_ARGS + ["--lr-power", "0"], "--lr-power"),
     "pt-short-seq-prob": (PT + PT_ARGS + ["--short-seq-prob", "1.5"], "--short-seq-prob"),
@@ -389,3 +398,219 @@ def test_bad_input(invoke, files, tmp_path, case):
         }
         assert not complete & set(leftovers), leftovers
         assert not [p for p in out.rglob("*.hdf5")], "a shard was left behind"
+
+
+# ---- a full disk: one line naming the path and the space needed, nothing complete left behind.
+# Where the tests may mount a tmpfs (root), the disk really fills; everywhere, the libraries'
+# own error forms are raised from the writers they wrap.
+
+FULL = "no space left on device writing"
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """`small_disk(size)` mounts a tmpfs of that size (root only; skipped elsewhere)."""
+    mounts = []
+
+    def mount(size: str):
+        if os.geteuid() != 0 or not shutil.which("mount"):
+            pytest.skip("mounting a tmpfs needs root")
+        path = tmp_path / f"disk{len(mounts)}"
+        path.mkdir()
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+            capture_output=True,
+        )
+        if done.returncode:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+        mounts.append(path)
+        return path
+
+    yield mount
+    for path in mounts:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def _filled(args: list[str], files) -> list[str]:
+    return [a.replace("{d}", str(files)) for a in args]
+
+
+def _one_line(result, needle: str) -> str:
+    assert result.exit_code == 2, (result.exit_code, result.output)
+    lines = result.stderr.strip().splitlines()
+    assert lines and lines[-1].startswith("error: ") and needle in lines[-1], result.stderr
+    assert "Traceback" not in result.output + result.stderr
+    return lines[-1]
+
+
+@pytest.mark.parametrize("preflight", [True, False])
+def test_full_disk_preprocess(invoke, files, small_disk, monkeypatch, preflight):
+    disk = small_disk("128k")
+    if not preflight:  # the disk fills inside libhdf5's writes: the sink must catch it
+        monkeypatch.setattr("bertcli.data.shards.check_space", lambda *a, **k: None)
+    args = ["preprocess", "--input", files / "corpus.txt", "--tokenizer", files / "tok"]
+    result = invoke(*args, "--out", disk / "pp", "--workers", "1", "--max-seq-length", "64")
+    line = _one_line(result, FULL)
+    assert "training_00000.hdf5" in line and "needs about" in line and "free there" in line
+    assert not list(disk.rglob("*.hdf5")) and not list(disk.rglob("*.tmp"))
+
+
+@pytest.mark.parametrize("preflight", [True, False])
+def test_full_disk_build_tokenizer(invoke, files, small_disk, monkeypatch, preflight):
+    disk = small_disk("16k")
+    if not preflight:  # tokenizers' bare Exception("... (os error 28)") from its Rust writer
+        monkeypatch.setattr("bertcli.tokenizer.check_space", lambda *a, **k: None)
+    args = ["build-tokenizer", "--train-data", files / "corpus.txt", "--vocab-size", "1000"]
+    line = _one_line(invoke(*args, "--out", disk / "tok"), FULL)
+    assert f"{disk / 'tok'} (the tokenizer needs about" in line
+    assert not list(disk.iterdir())  # no temp directory left either
+
+
+@pytest.mark.slow
+def test_full_disk_checkpoint_keeps_the_older_one(invoke, files, small_disk, monkeypatch):
+    from bertcli.hf import load_pretrained
+    from bertcli.train.checkpoint import latest_checkpoint
+
+    disk = small_disk("12m")  # one tiny-preset checkpoint with AdamW state (~7.5 MB) fits
+    # no free-space check first: SafetensorError or torch.save's errno-less RuntimeError
+    monkeypatch.setattr("bertcli.train.checkpoint.check_space", lambda *a, **k: None)
+    args = _filled(PT[:6] + PT_ARGS, files) + ["--max-steps", "6", "--save-every", "3"]
+    result = invoke(*args, "--batch-size", "2", "--max-seq-length", "32", "--out", disk / "run")
+    line = _one_line(result, FULL)
+    assert "step_00000006 (the checkpoint needs about" in line, line
+    kept = latest_checkpoint(disk / "run" / "checkpoints")
+    assert kept is not None and kept.name == "step_00000003"
+    load_pretrained(kept)  # complete and readable
+    assert not [p for p in (disk / "run" / "checkpoints").iterdir() if p.name.startswith(".")]
+
+
+def test_library_disk_errors_become_one_line(tmp_path, monkeypatch, files):
+    """The wrapped forms, raised where the real libraries raise them (no root needed)."""
+    import errno
+    import io
+
+    import torch
+    from safetensors import SafetensorError
+
+    from bertcli.config import BertConfig
+    from bertcli.data.shards import ShardAppender, shard_length
+    from bertcli.errors import DiskFullError
+    from bertcli.tokenizer import load_tokenizer, save_tokenizer
+    from bertcli.train.checkpoint import save_checkpoint
+
+    model = BertForPreTraining(
+        BertConfig(
+            vocab_size=99,
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=32,
+        )
+    )
+    ckpt = tmp_path / "checkpoints" / "step_00000001"
+    with monkeypatch.context() as m:  # too little room: refused before anything is written
+        m.setattr("bertcli.errors.free_bytes", lambda path: 5_000_000)
+        with pytest.raises(DiskFullError, match="needs about .* MB; 5.0 MB free there"):
+            save_checkpoint(ckpt, model, None, {"big": torch.zeros(2_000_000)}, {})
+        assert not ckpt.parent.exists()
+
+    def safetensors_full(*args, **kwargs):
+        raise SafetensorError(
+            "Error while serializing: I/O error: No space left on device (os error 28)"
+        )
+
+    with monkeypatch.context() as m:
+        m.setattr("bertcli.hf.save_file", safetensors_full)
+        with pytest.raises(DiskFullError, match=f"{FULL} {ckpt} \\(the checkpoint needs about"):
+            save_checkpoint(ckpt, model, None, {"step": 1}, {})
+
+    def torch_full(*args, **kwargs):  # torch.save on ENOSPC: no errno, only a position
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534")
+
+    with monkeypatch.context() as m:
+        m.setattr(torch, "save", torch_full)
+        with pytest.raises(RuntimeError, match="unexpected pos"):  # disk not full: not blamed
+            save_checkpoint(ckpt, model, None, {"step": 1}, {})
+        m.setattr("bertcli.errors.free_bytes", lambda path: 1000)
+        m.setattr("bertcli.train.checkpoint.check_space", lambda *a, **k: None)
+        with pytest.raises(DiskFullError, match="1.0 kB free there"):
+            save_checkpoint(ckpt, model, None, {"step": 1}, {})
+    assert not ckpt.parent.exists() or not list(ckpt.parent.iterdir())
+
+    class Quota(io.FileIO):  # a disk with 20 kB left
+        def write(self, data):
+            if self.tell() + len(data) > 20_000:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return super().write(data)
+
+    with monkeypatch.context() as m:
+        m.setattr(
+            "bertcli.data.shards.open",
+            lambda p, mode: io.BufferedRandom(Quota(p, "w+")),
+            raising=False,
+        )
+        appender = ShardAppender(tmp_path / "shards" / "training_00000.hdf5")
+        (tmp_path / "shards").mkdir()
+        arrays = _valid_shard_arrays(n=2000, seq=64)
+        appender.append({k: getattr(arrays, k) for k in KEYS})
+        with pytest.raises(DiskFullError, match="training_00000.hdf5 \\(the shard needs about"):
+            appender.close()
+        assert not list((tmp_path / "shards").iterdir())
+        small = ShardAppender(tmp_path / "shards" / "small.hdf5")  # fits: written as before
+        small.append({k: getattr(_valid_shard_arrays(), k) for k in KEYS})
+        small.close()
+    assert shard_length(tmp_path / "shards" / "small.hdf5") == (12, 16, 3)
+
+    tok = load_tokenizer(files / "tok")
+    real_write_text = type(tmp_path).write_text
+
+    def vocab_full(self, *args, **kwargs):
+        if self.name == "vocab.txt":
+            raise OSError(errno.ENOSPC, "No space left on device", str(self))
+        return real_write_text(self, *args, **kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr(type(tmp_path), "write_text", vocab_full)
+        with pytest.raises(DiskFullError, match=f"{FULL} .*vocab.txt"):
+            save_tokenizer(tok, tmp_path / "tok")
+    assert not (tmp_path / "tok").exists()
+
+
+def test_os_errors_reaching_the_cli_are_one_line(invoke, tmp_path, monkeypatch):
+    import errno
+
+    from bertcli.config import BertConfig
+
+    def raiser(code, text):
+        def save(self, path):
+            raise OSError(code, text, str(path))
+
+        return save
+
+    monkeypatch.setattr(BertConfig, "save", raiser(errno.ENOSPC, "No space left on device"))
+    line = _one_line(invoke("export-config", "--out", tmp_path / "c.json"), FULL)
+    assert str(tmp_path / "c.json") in line and "free there" in line
+    monkeypatch.setattr(BertConfig, "save", raiser(errno.EACCES, "Permission denied"))
+    line = _one_line(invoke("export-config", "--out", tmp_path / "c.json"), "Permission denied")
+    assert line == f"error: Permission denied: {tmp_path / 'c.json'}"
+
+
+def test_dataloader_worker_errors_keep_their_line(invoke, files, tmp_path):
+    """A bad shard opened inside a DataLoader worker: the worker's message, not torch's."""
+    from bertcli.errors import UserError, user_message
+
+    wrapped = UserError(
+        "Caught UserError in DataLoader worker process 0.\nOriginal Traceback (most recent "
+        'call last):\n  File "x.py", line 1, in f\nbertcli.errors.UserError: shard.hdf5: bad\n'
+    )
+    assert user_message(wrapped) == "shard.hdf5: bad"
+    assert user_message(UserError("plain")) == "plain"
+    data = tmp_path / "two"
+    data.mkdir()
+    write_shard(data / "a_00000.hdf5", _valid_shard_arrays(n=8))
+    bad = _valid_shard_arrays(n=8)
+    bad.segment_ids[3, 3] = 2
+    write_shard(data / "b_00001.hdf5", bad)  # passes the start-up checks (first shard, header)
+    args = _filled(PTP[:-3], files) + ["--out", tmp_path / "run", "--train-data", data]
+    line = _one_line(invoke(*args, "--num-workers", "1", "--max-steps", "8"), "segment_ids holds 2")
+    assert "b_00001.hdf5" in line

@@ -34,7 +34,6 @@ from bertcli.data.examples import (
     Corpus,
     MaskingSpec,
     assemble,
-    continuation_mask,
     document_pairs,
     is_short_document,
     mask_sequence,
@@ -81,8 +80,7 @@ class PreprocessConfig:
                 f"--max-predictions-per-seq must be between 1 and --max-seq-length, "
                 f"got {self.max_predictions_per_seq}"
             )
-        if not 0.0 < self.masked_lm_prob < 1.0:
-            raise UserError(f"--masked-lm-prob must be in (0, 1), got {self.masked_lm_prob}")
+        # --masked-lm-prob is checked by MaskingSpec, the one check for every command
         if not 0.0 <= self.short_seq_prob <= 1.0:
             raise UserError(f"--short-seq-prob must be in [0, 1], got {self.short_seq_prob}")
         if self.dupe_factor < 1:
@@ -326,16 +324,11 @@ def preprocess(
     """Write DLE-format shards for `config.inputs` under `config.out/<DLE-named dir>/`."""
     reporter = reporter or Reporter()
     files = check_input_files(config.inputs, "--input")
-    spec = MaskingSpec(
-        vocab_size=tokenizer.vocab_size,
-        cls_id=tokenizer.cls_id,
-        sep_id=tokenizer.sep_id,
-        pad_id=tokenizer.pad_id,
-        mask_id=tokenizer.mask_id,
-        masked_lm_prob=config.masked_lm_prob,
-        max_predictions_per_seq=config.max_predictions_per_seq,
-        whole_word_masking=config.whole_word_masking,
-        continuation=continuation_mask(tokenizer) if config.whole_word_masking else None,
+    spec = MaskingSpec.from_tokenizer(  # also checks --masked-lm-prob: before anything is written
+        tokenizer,
+        config.masked_lm_prob,
+        config.max_predictions_per_seq,
+        config.whole_word_masking,
     )
     out = Path(config.out)
     if out.exists() and not out.is_dir():

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import json
+import os
 import platform
 import time
 from dataclasses import asdict, dataclass, field
@@ -31,7 +32,12 @@ from bertcli.evaluate import check_positions, check_vocab
 from bertcli.hf import is_checkpoint_dir, load_config, load_pretrained
 from bertcli.hub import cached_model, fetch_model, is_model_name, known_names
 from bertcli.model import BertForPreTraining
-from bertcli.tokenizer import BertTokenizer, load_tokenizer, tokenizer_from_vocab, train_tokenizer
+from bertcli.tokenizer import (
+    BertTokenizer,
+    load_tokenizer,
+    tokenizer_from_options,
+    train_tokenizer,
+)
 from bertcli.train.checkpoint import STATE_FILE, resolve_checkpoint
 from bertcli.train.rundir import check_shared_file, claim_run_dir
 from bertcli.train.runtime import Runtime, init_runtime, shutdown
@@ -78,8 +84,6 @@ class PretrainConfig:
             raise UserError(f"--vocab-size must be > 5, got {self.vocab_size}")
         if self.resume and self.out is None:
             raise UserError("--resume needs --out DIR (the run to continue)")
-        if self.tokenizer is not None and self.vocab_file is not None:
-            raise UserError("give --tokenizer or --vocab-file, not both")
         if self.init_optimizer_from is not None and self.init_from is None:
             raise UserError(
                 "--init-optimizer-from needs --init-from (the weights its optimizer state "
@@ -172,10 +176,9 @@ def _optimizer_checkpoint(value: str | None) -> Path | None:
 
 def _tokenizer(config: PretrainConfig, runtime: Runtime, out: Path, train_files, log, sources):
     """The tokenizer given, else the checkpoint's, else one built from the training text."""
-    if config.tokenizer is not None:
-        return load_tokenizer(config.tokenizer)
-    if config.vocab_file is not None:
-        return tokenizer_from_vocab(config.vocab_file)
+    given = tokenizer_from_options(config.tokenizer, config.vocab_file)
+    if given is not None:
+        return given
     for source in sources:
         if source is not None and (
             (source / "tokenizer.json").is_file() or (source / "vocab.txt").is_file()
@@ -260,14 +263,27 @@ def run_pretraining(config: PretrainConfig, reporter: Reporter | None = None) ->
         shutdown(runtime)
 
 
+def _report_skips(data: TextDataset, log: Reporter) -> TextDataset:
+    """One line for what tokenizing left out, so a short corpus is not a silent surprise."""
+    stats = data.stats
+    if stats.skipped_documents or stats.invalid_utf8_lines or stats.bad_json_lines:
+        log.log(
+            f"text: {stats.documents} documents, {stats.tokens} tokens; skipped "
+            f"{stats.skipped_documents} documents under 2 tokens, {stats.bad_json_lines} JSON "
+            f"lines without text; {stats.invalid_utf8_lines} lines had invalid UTF-8 (replaced)"
+        )
+    return data
+
+
 def _text_data(runtime: Runtime, files, tokenizer, flag: str, log: Reporter, options: dict):
     """Rank 0 tokenizes into the run's token store while the other ranks wait (as long as it
     takes: a key in the rendezvous store, not a collective with a timeout); then every rank
     maps the same store, so a node holds one copy in its page cache."""
     if not runtime.distributed:
-        return TextDataset(files, tokenizer, flag=flag, reporter=log, **options)
+        return _report_skips(TextDataset(files, tokenizer, flag=flag, reporter=log, **options), log)
     store = dist.distributed_c10d._get_default_store()
-    key = f"bertcli/token-store{flag}"
+    # per launch attempt: a key left by a failed attempt must not release the next one's ranks
+    key = f"bertcli/token-store{flag}/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
     if runtime.is_main:
         try:
             data = TextDataset(files, tokenizer, flag=flag, reporter=log, **options)
@@ -275,7 +291,7 @@ def _text_data(runtime: Runtime, files, tokenizer, flag: str, log: Reporter, opt
             store.set(key, "failed")
             raise
         store.set(key, "ok")
-        return data
+        return _report_skips(data, log)
     store.wait([key], timedelta(days=30))
     if store.get(key) != b"ok":
         raise UserError(f"{flag}: rank 0 failed to tokenize the corpus (its error says why)")

@@ -496,3 +496,17 @@ def _read_config(path: Path) -> dict:
 def _config_lowercase(path: Path) -> bool | None:
     value = _read_config(path).get("do_lower_case")
     return None if value is None else bool(value)
+
+
+def tokenizer_from_options(
+    tokenizer_dir: str | Path | None, vocab_file: str | Path | None, lowercase: bool | None = None
+) -> BertTokenizer | None:
+    """What --tokenizer DIR or --vocab-file FILE name (at most one; None if neither): the one
+    check of that pair, for every command that takes them."""
+    if tokenizer_dir is not None and vocab_file is not None:
+        raise UserError("give --tokenizer or --vocab-file, not both")
+    if tokenizer_dir is not None:
+        return load_tokenizer(tokenizer_dir)
+    if vocab_file is not None:
+        return tokenizer_from_vocab(vocab_file, lowercase)
+    return None

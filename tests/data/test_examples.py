@@ -433,3 +433,19 @@ def test_dle_reader_reads_port_shards_as_ours(port_and_preprocess):
             assert torch.equal(torch.from_numpy(row["masked_lm_labels"])[~ignore], labels[~ignore])
             assert (torch.from_numpy(row["masked_lm_labels"])[ignore] == -100).all()
             assert labels[~ignore].tolist() == label_ids
+
+
+def test_masking_spec_from_tokenizer(uncased):
+    from bertcli.data.examples import continuation_mask
+    from bertcli.errors import UserError
+
+    spec = MaskingSpec.from_tokenizer(uncased, 0.2, 7)
+    ids = (uncased.vocab_size, uncased.cls_id, uncased.sep_id, uncased.pad_id, uncased.mask_id)
+    assert (spec.vocab_size, spec.cls_id, spec.sep_id, spec.pad_id, spec.mask_id) == ids
+    assert (spec.masked_lm_prob, spec.max_predictions_per_seq) == (0.2, 7)
+    assert spec.continuation is None and not spec.whole_word_masking
+    wwm = MaskingSpec.from_tokenizer(uncased, whole_word_masking=True)
+    assert np.array_equal(wwm.continuation, continuation_mask(uncased))
+    assert wwm.continuation[uncased.tokenizer.token_to_id("##ing")]
+    with pytest.raises(UserError, match="--masked-lm-prob"):
+        MaskingSpec.from_tokenizer(uncased, 1.0)

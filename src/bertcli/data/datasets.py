@@ -27,7 +27,6 @@ from bertcli.data.examples import (
     MaskingSpec,
     assemble,
     block_pairs,
-    continuation_mask,
     mask_sequence,
     packed_example,
     packed_windows,
@@ -177,16 +176,8 @@ class TextDataset(torch.utils.data.Dataset):
         self.short_seq_prob = short_seq_prob
         self.seed = seed
         self.nsp = nsp
-        self.spec = MaskingSpec(
-            vocab_size=tokenizer.vocab_size,
-            cls_id=tokenizer.cls_id,
-            sep_id=tokenizer.sep_id,
-            pad_id=tokenizer.pad_id,
-            mask_id=tokenizer.mask_id,
-            masked_lm_prob=masked_lm_prob,
-            max_predictions_per_seq=max_predictions_per_seq,
-            whole_word_masking=whole_word_masking,
-            continuation=continuation_mask(tokenizer) if whole_word_masking else None,
+        self.spec = MaskingSpec.from_tokenizer(
+            tokenizer, masked_lm_prob, max_predictions_per_seq, whole_word_masking
         )
         if cache_dir is None:
             # no run directory (evaluate, tests): a private store, removed with the dataset

@@ -281,6 +281,27 @@ class MaskingSpec:
     whole_word_masking: bool = False
     continuation: np.ndarray | None = None  # (vocab,) bool: id continues the previous word
 
+    @classmethod
+    def from_tokenizer(
+        cls,
+        tokenizer,
+        masked_lm_prob: float = 0.15,
+        max_predictions_per_seq: int = 20,
+        whole_word_masking: bool = False,
+    ) -> MaskingSpec:
+        """The spec for `tokenizer` (a `BertTokenizer`): the one place a spec is built from one."""
+        return cls(
+            vocab_size=tokenizer.vocab_size,
+            cls_id=tokenizer.cls_id,
+            sep_id=tokenizer.sep_id,
+            pad_id=tokenizer.pad_id,
+            mask_id=tokenizer.mask_id,
+            masked_lm_prob=masked_lm_prob,
+            max_predictions_per_seq=max_predictions_per_seq,
+            whole_word_masking=whole_word_masking,
+            continuation=continuation_mask(tokenizer) if whole_word_masking else None,
+        )
+
     def __post_init__(self) -> None:
         # the one check of the masking options, whichever command builds examples
         if not 0.0 < self.masked_lm_prob < 1.0:
