@@ -166,11 +166,13 @@ class ShardAppender:
         self.file: h5py.File | None = None
         self.sink: _KeepFirstError | None = None
         self.rows = 0
+        self.bytes = 0  # uncompressed: what the shard needs at most
 
     def append(self, arrays: dict[str, np.ndarray]) -> None:
         n = len(arrays["input_ids"])
         block = sum(np.asarray(arrays[key]).size * np.dtype(DTYPES[key]).itemsize for key in KEYS)
         check_space(self.path, block + MIN_FREE, f"a block of {n:,} examples")
+        self.bytes += block
         if self.file is None:
             with writing(self.tmp):
                 self.sink = _KeepFirstError(self.tmp)
@@ -206,7 +208,7 @@ class ShardAppender:
         self.file = None
         if self.sink.error is not None:
             self.tmp.unlink(missing_ok=True)
-            raise os_error(self.sink.error, self.path) or self.sink.error
+            raise os_error(self.sink.error, self.path, self.bytes, "the shard") or self.sink.error
 
     def abort(self) -> None:
         try:
