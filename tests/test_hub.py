@@ -420,3 +420,30 @@ def test_pretrain_init_from_name_downloads_and_brings_its_tokenizer(hub, tmp_pat
     )
     assert "--max-seq-length 128 exceeds max_position_embeddings 64 of bert-base-uncased" in line
     assert len(hub.requests) == before
+
+
+@pytest.mark.slow
+def test_torchrun_downloads_once_on_rank_0(hub, tmp_path):
+    text = tmp_path / "domain.txt"
+    text.write_text(require(WIKITEXT2 / "valid.txt").read_text()[:20_000])
+    start = len(hub.requests)
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
+    command += ["--standalone", "-m", "bertcli", "pretrain", "--data-text", "--train-data", text]
+    command += ["--init-from", "bert-base-uncased", "--max-steps", "1", "--batch-size", "2"]
+    command += ["--max-seq-length", "32", "--no-nsp", "--device", "cpu", "--out", tmp_path / "run"]
+    result = subprocess.run(
+        [str(c) for c in command],
+        env=_env(tmp_path, hub),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    gets = [r["file"] for r in hub.requests[start:] if r["method"] == "GET"]
+    # rank 0 fetched each file once; rank 1 waited and read the cache (not one request)
+    assert sorted(gets) == sorted(
+        ["config.json", "model.safetensors", "vocab.txt", "tokenizer.json", "tokenizer_config.json"]
+    )
+    heads = [r["file"] for r in hub.requests[start:] if r["method"] == "HEAD"]
+    assert heads.count("config.json") == 2  # the name's redirect, then the canonical repo
+    assert (tmp_path / "run" / "checkpoints" / "step_00000001" / "vocab.txt").is_file()
