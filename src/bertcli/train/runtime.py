@@ -157,14 +157,19 @@ def stop_with_launcher(poll_seconds: float = 0.5) -> None:
     """Stop this worker (SIGTERM: save at the next step boundary, then exit) when the launcher
     that started it dies, so a `kill -9` of torchrun cannot leave orphans training.
 
-    Linux delivers the signal itself (prctl PR_SET_PDEATHSIG); a daemon thread that watches the
-    parent PID covers other systems and the moment before prctl took effect.
+    Linux delivers the signal itself (prctl PR_SET_PDEATHSIG); elsewhere a daemon thread watches
+    the parent PID. Either sends one signal only: a second SIGTERM would cut the final save short.
     """
     parent = os.getppid()
+    armed = False
     if sys.platform.startswith("linux"):
         with contextlib.suppress(OSError, AttributeError):
             libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-            libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+            armed = libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) == 0
+    if armed:
+        if os.getppid() != parent:  # the launcher died before prctl took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+        return
 
     def watch() -> None:
         while os.getppid() == parent:
