@@ -144,7 +144,7 @@ CASES = {
         "--min-frequency",
     ),
     # download
-    "dl-unknown": (["download", "wikitext7", "--out", "{out}"], "unknown corpus"),
+    "dl-unknown": (["download", "wikitext7", "--out", "{out}"], "unknown name"),
     "dl-bad-sha": (["download", "wikitext2", "--out", "{out}", "--sha256", "xyz"], "--sha256"),
     "dl-unreachable": (
         [

@@ -6,6 +6,7 @@ import hashlib
 import http.server
 import io
 import json
+import os
 import threading
 import zipfile
 
@@ -31,6 +32,7 @@ class Server:
     def __init__(self, payload: bytes):
         self.payload = payload
         self.cut_first = False
+        self.corrupt = 0  # serve this many damaged copies first
         self.requests: list[str | None] = []
         owner = self
 
@@ -46,7 +48,14 @@ class Server:
                 start = 0
                 if self.headers.get("Range"):
                     start = int(self.headers["Range"].split("=")[1].split("-")[0])
-                body = owner.payload[start:]
+                if start and start >= len(owner.payload):  # as real servers answer
+                    self.send_error(416)
+                    return
+                payload = owner.payload
+                if owner.corrupt:
+                    owner.corrupt -= 1
+                    payload = damaged(payload)
+                body = payload[start:]
                 self.send_response(206 if start else 200)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
@@ -66,6 +75,28 @@ class Server:
     def close(self):
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def damaged(payload: bytes) -> bytes:
+    """The archive with a run of bytes flipped inside its compressed data (CRC/inflate errors)."""
+    middle = len(payload) // 3
+    return (
+        payload[:middle]
+        + bytes(b ^ 0x5A for b in payload[middle : middle + 64])
+        + payload[middle + 64 :]
+    )
+
+
+def one_error_line(stderr: str) -> str:
+    """The error line, last and alone: any lines before it are progress, not errors."""
+    lines = stderr.strip().splitlines()
+    assert [line for line in lines if line.startswith("error: ")] == lines[-1:], stderr
+    return lines[-1]
+
+
+def leftovers(out) -> list[str]:
+    """Hidden debris in a download directory (partial archives, temporary split files)."""
+    return sorted(p.name for p in out.iterdir() if p.name.startswith("."))
 
 
 @pytest.fixture
@@ -148,7 +179,7 @@ def test_cli_download(server, tmp_path, invoke):
     bad = invoke(
         "download", "wikitext2", "--out", tmp_path / "e", "--url", server.url, "--sha256", "1" * 64
     )
-    assert bad.exit_code == 2 and len(bad.stderr.strip().splitlines()) == 1
+    assert bad.exit_code == 2 and one_error_line(bad.stderr).startswith("error: could not")
 
 
 def test_resume_a_partial_file_from_an_earlier_run(server, tmp_path):
@@ -160,3 +191,61 @@ def test_resume_a_partial_file_from_an_earlier_run(server, tmp_path):
     assert server.requests == [f"bytes={half}-"]
     assert (out / "valid.txt").read_bytes() == (WIKITEXT2 / "valid.txt").read_bytes()
     assert not (out / ".wikitext2.part").exists()
+
+
+def test_garbage_part_is_discarded_and_fetched_again(server, tmp_path):
+    out = tmp_path / "wt2"
+    out.mkdir()
+    half = len(server.payload) // 2
+    (out / ".wikitext2.part").write_bytes(os.urandom(half))  # not the archive's first half
+    download("wikitext2", out, url=server.url, backoff=0.01)
+    assert server.requests == [f"bytes={half}-", None]  # resumed, found damaged, fetched anew
+    for split in ("train", "valid", "test"):
+        assert (out / f"{split}.txt").read_bytes() == (WIKITEXT2 / f"{split}.txt").read_bytes()
+    assert leftovers(out) == [MARKER]
+
+
+def test_corrupt_archive_is_fetched_once_more(server, tmp_path):
+    server.corrupt = 1
+    download("wikitext2", tmp_path / "wt2", url=server.url)
+    assert server.requests == [None, None]
+    assert (tmp_path / "wt2" / "test.txt").read_bytes() == (WIKITEXT2 / "test.txt").read_bytes()
+    assert leftovers(tmp_path / "wt2") == [MARKER]
+
+
+def test_corrupt_twice_is_one_line_and_leaves_nothing(server, tmp_path, invoke):
+    server.corrupt = 2
+    with pytest.raises(UserError, match=r"could not download wikitext2: .*damaged.*fetched twice"):
+        download("wikitext2", tmp_path / "wt2", url=server.url)
+    assert server.requests == [None, None]
+    assert not list((tmp_path / "wt2").iterdir())  # no .part, no .train.txt.tmp, no train.txt
+    server.corrupt = 2
+    result = invoke("download", "wikitext2", "--out", tmp_path / "cli", "--url", server.url)
+    assert result.exit_code == 2 and "damaged" in one_error_line(result.stderr)
+    assert "Traceback" not in result.output + result.stderr
+    assert "discarded, downloading" in result.stderr  # what it did in between, said once
+    # a wrong --sha256 is damage too: two fetches, one line, nothing kept
+    server.requests.clear()
+    with pytest.raises(UserError, match="sha256 does not match 111111111111"):
+        download("wikitext2", tmp_path / "sha", url=server.url, sha256="1" * 64)
+    assert server.requests == [None, None] and not list((tmp_path / "sha").iterdir())
+
+
+def test_complete_part_answered_416_is_verified_and_kept(server, tmp_path):
+    out = tmp_path / "wt2"
+    out.mkdir()
+    (out / ".wikitext2.part").write_bytes(server.payload)  # a run killed before unpacking
+    download("wikitext2", out, url=server.url)
+    assert server.requests == [f"bytes={len(server.payload)}-"]  # answered 416, nothing refetched
+    assert (out / "train.txt").read_bytes() == (WIKITEXT2 / "train.txt").read_bytes()
+    assert leftovers(out) == [MARKER]
+
+
+def test_garbage_part_answered_416_is_discarded(server, tmp_path):
+    out = tmp_path / "wt2"
+    out.mkdir()
+    (out / ".wikitext2.part").write_bytes(b"<html>not found</html>" * (len(server.payload) // 20))
+    download("wikitext2", out, url=server.url, backoff=0.01)
+    assert server.requests[0].startswith("bytes=") and server.requests[1:] == [None]
+    assert (out / "valid.txt").read_bytes() == (WIKITEXT2 / "valid.txt").read_bytes()
+    assert leftovers(out) == [MARKER]

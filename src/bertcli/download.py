@@ -6,19 +6,28 @@ with backoff), checks the archive's sha256 when one is known or given, unpacks
 `wiki.{train,valid,test}.{tokens|raw}` to temporary names, checks each file's known sha256, and
 only then renames them to `train.txt`, `valid.txt`, `test.txt` and writes `.bertcli-download.json`.
 A second run with complete, verified files does nothing.
+
+An archive that fails verification (a wrong sha256, a CRC error, not an archive at all: a
+garbage `.part` left by another run, a corrupt mirror) is discarded and fetched once more from
+the start; a second failure moves on to the next mirror, and the last one is one line. A
+`.part` the server answers with HTTP 416 (nothing past its end) is verified before anything is
+thrown away: it is usually the complete archive of a run killed before unpacking.
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import http.client
 import io
 import json
+import lzma
 import tarfile
 import time
 import urllib.error
 import urllib.request
 import zipfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,6 +94,14 @@ class TransientError(Exception):
     """A failure worth retrying on the same mirror (reset, timeout, 5xx, short read)."""
 
 
+class RangeNotSatisfiable(TransientError):
+    """HTTP 416: the server has nothing past the end of our partial file."""
+
+
+class DamagedArchive(UserError):
+    """The fetched file is not the archive it should be: discard it and fetch again."""
+
+
 @dataclass
 class DownloadResult:
     name: str
@@ -129,7 +146,7 @@ def _open(url: str, offset: int, timeout: float):
         return urllib.request.urlopen(request, timeout=timeout)
     except urllib.error.HTTPError as exc:
         if exc.code == 416:  # range past the end: the partial file is complete or bogus
-            raise TransientError("range not satisfiable") from exc
+            raise RangeNotSatisfiable("range not satisfiable") from exc
         if exc.code >= 500 or exc.code == 429:
             raise TransientError(f"HTTP {exc.code}") from exc
         raise
@@ -149,12 +166,21 @@ def fetch(
     timeout: float = 30.0,
     sleep: Callable[[float], None] = time.sleep,
 ) -> None:
-    """Stream `url` into `part`, resuming from its current size; retry transient failures."""
+    """Stream `url` into `part`, resuming from its current size; retry transient failures.
+
+    A partial file the server answers with 416 is returned as it is, for the caller to verify.
+    """
     attempt = 0
     while True:
         offset = part.stat().st_size if part.exists() else 0
         try:
-            with _open(url, offset, timeout) as response:
+            try:
+                response = _open(url, offset, timeout)
+            except RangeNotSatisfiable:
+                if offset:
+                    return  # complete already, or garbage: verification decides
+                raise
+            with response:
                 status = getattr(response, "status", 200) or 200
                 if offset and status != 206:
                     offset = 0  # the server ignored Range: start over
@@ -180,15 +206,16 @@ def fetch(
             attempt += 1
             if attempt > retries:
                 raise TransientError(f"{exc} (gave up after {retries} retries)") from exc
-            if isinstance(exc, TransientError) and "range not satisfiable" in str(exc):
-                part.unlink(missing_ok=True)
             sleep(backoff * 2 ** (attempt - 1))
 
 
 def _archive_members(archive: Path) -> dict[str, Callable[[], io.BufferedIOBase]]:
     """Basename -> opener for every file in a zip or tar archive."""
     if zipfile.is_zipfile(archive):
-        zf = zipfile.ZipFile(archive)
+        try:
+            zf = zipfile.ZipFile(archive)
+        except (zipfile.BadZipFile, ValueError, EOFError) as exc:
+            raise DamagedArchive(f"{archive.name}: damaged zip archive ({exc})") from None
         return {
             Path(info.filename).name: (lambda info=info: zf.open(info))
             for info in zf.infolist()
@@ -196,13 +223,12 @@ def _archive_members(archive: Path) -> dict[str, Callable[[], io.BufferedIOBase]
         }
     try:
         tf = tarfile.open(archive)
-    except tarfile.TarError:
-        raise UserError(
+        members = tf.getmembers()
+    except (tarfile.TarError, EOFError, gzip.BadGzipFile, lzma.LZMAError, zlib.error):
+        raise DamagedArchive(
             f"{archive.name}: downloaded file is neither a zip nor a tar archive"
         ) from None
-    return {
-        Path(m.name).name: (lambda m=m: tf.extractfile(m)) for m in tf.getmembers() if m.isfile()
-    }
+    return {Path(m.name).name: (lambda m=m: tf.extractfile(m)) for m in members if m.isfile()}
 
 
 def unpack(archive: Path, spec: CorpusSpec, out: Path) -> dict[str, str]:
@@ -210,22 +236,27 @@ def unpack(archive: Path, spec: CorpusSpec, out: Path) -> dict[str, str]:
     members = _archive_members(archive)
     missing = [name for name in spec.members.values() if name not in members]
     if missing:
-        raise UserError(f"{archive.name}: archive lacks {', '.join(missing)}")
+        raise DamagedArchive(f"{archive.name}: archive lacks {', '.join(missing)}")
     sums: dict[str, str] = {}
     temps: dict[str, Path] = {}
     try:
         for split, member in spec.members.items():
             tmp = out / f".{split}.txt.tmp"
+            temps[split] = tmp  # before writing: a failure halfway must not leave it behind
             digest = hashlib.sha256()
-            with members[member]() as src, tmp.open("wb") as dst:
-                for chunk in iter(lambda src=src: src.read(1 << 20), b""):
-                    digest.update(chunk)
-                    dst.write(chunk)
-            temps[split] = tmp
+            try:
+                with members[member]() as src, tmp.open("wb") as dst:
+                    for chunk in iter(lambda src=src: src.read(1 << 20), b""):
+                        digest.update(chunk)
+                        dst.write(chunk)
+            except (zipfile.BadZipFile, zlib.error, EOFError, tarfile.TarError) as exc:
+                raise DamagedArchive(f"{archive.name}: {member} is damaged ({exc})") from None
+            except (gzip.BadGzipFile, lzma.LZMAError) as exc:
+                raise DamagedArchive(f"{archive.name}: {member} is damaged ({exc})") from None
             sums[split] = digest.hexdigest()
             known = spec.file_sha256.get(split)
             if known and sums[split] != known:
-                raise UserError(
+                raise DamagedArchive(
                     f"{member}: sha256 {sums[split][:12]}… does not match the known {known[:12]}…"
                 )
         for split, tmp in temps.items():
@@ -268,20 +299,51 @@ def download(
     errors: list[str] = []
     for mirror in (url,) if url else spec.mirrors:
         try:
-            fetch(mirror, part, reporter, retries=retries, backoff=backoff, timeout=timeout)
+            sums = _fetch_verified(
+                mirror, part, spec, out, expected, reporter, retries, backoff, timeout
+            )
+        except DamagedArchive as exc:
+            errors.append(f"{mirror}: {exc} (fetched twice; nothing was kept)")
+            continue
         except (TransientError, urllib.error.URLError, OSError, ValueError) as exc:
+            if isinstance(exc, OSError) and not isinstance(exc, urllib.error.URLError):
+                if exc.errno is not None and exc.filename is not None:
+                    raise  # a local write failed (full disk, permissions): the CLI says so
             errors.append(f"{mirror}: {getattr(exc, 'reason', exc)}")
             continue  # a partial file stays for the next mirror or run to resume
-        if expected and sha256_file(part) != expected:
-            part.unlink(missing_ok=True)
-            raise UserError(f"{mirror}: sha256 does not match {expected[:12]}…; nothing was kept")
-        try:
-            sums = unpack(part, spec, out)
-        finally:
-            part.unlink(missing_ok=True)
         marker = {"name": name, "url": mirror, "sha256": sums}
         tmp = out / f"{MARKER}.tmp"
         tmp.write_text(json.dumps(marker, indent=2) + "\n")
         durable_replace(tmp, out / MARKER)
         return DownloadResult(name, str(out), files, mirror, skipped=False)
     raise UserError(f"could not download {name}: " + "; ".join(errors))
+
+
+def _fetch_verified(
+    mirror: str,
+    part: Path,
+    spec: CorpusSpec,
+    out: Path,
+    expected: str | None,
+    reporter: Reporter,
+    retries: int,
+    backoff: float,
+    timeout: float,
+) -> dict[str, str]:
+    """Fetch (resuming `part`), verify and unpack; a damaged archive is discarded and fetched
+    once more from the start, and a second damaged one raised."""
+    for attempt in (1, 2):
+        fetch(mirror, part, reporter, retries=retries, backoff=backoff, timeout=timeout)
+        try:
+            if expected and sha256_file(part) != expected:
+                raise DamagedArchive(f"sha256 does not match {expected[:12]}…")
+            sums = unpack(part, spec, out)
+        except DamagedArchive as exc:
+            part.unlink(missing_ok=True)
+            if attempt == 2:
+                raise
+            reporter.log(f"{exc}: discarded, downloading {mirror} again")
+            continue
+        part.unlink(missing_ok=True)
+        return sums
+    raise AssertionError("unreachable")  # pragma: no cover
