@@ -244,3 +244,23 @@ def test_deferred_finite_check_still_guards_saves(tokenizer_dir, corpus, tmp_pat
         trainer.fit()
     names = [p.name for _, p in ckpt.list_checkpoints(tmp_path / "gpu" / "checkpoints")]
     assert names == ["step_00000004"]
+
+
+def test_state_has_one_rng_record_and_old_single_rng_checkpoints_resume(
+    tokenizer_dir, corpus, tmp_path
+):
+    trainer = make_trainer(tokenizer_dir, corpus, tmp_path / "run", 4, 1, steps=2)
+    trainer.fit()
+    path = ckpt.latest_checkpoint(tmp_path / "run" / "checkpoints")
+    state = torch.load(path / ckpt.STATE_FILE, weights_only=False)
+    assert "rng" not in state and len(state["rng_per_rank"]) == 1
+    # a checkpoint written before rng_per_rank existed had only "rng"
+    old = {k: v for k, v in state.items() if k != "rng_per_rank"}
+    old["rng"] = state["rng_per_rank"][0]
+    torch.save(old, path / ckpt.STATE_FILE)
+    resumed = make_trainer(tokenizer_dir, corpus, tmp_path / "run", 4, 1, steps=3)
+    torch.manual_seed(999)  # another state, which the resume must replace
+    assert not torch.equal(torch.get_rng_state(), state["rng_per_rank"][0]["torch"])
+    resumed._restore(path)
+    assert resumed.step == 2
+    assert torch.equal(torch.get_rng_state(), state["rng_per_rank"][0]["torch"])

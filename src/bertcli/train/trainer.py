@@ -205,13 +205,17 @@ class Trainer:
         if varlen is not None and not config.compile:
             model.use_flash_attention(varlen)
             self.reporter.log("attention: flash-attn varlen on the unpadded tokens")
+        if not config.nsp:
+            # MLM only: the pooler and NSP head never get a gradient. Frozen, DDP neither waits
+            # for them (an unreduced bucket) nor needs find_unused_parameters (a graph walk per
+            # step, and no compiled DDP); they are saved unchanged.
+            for p in (*model.bert.pooler.parameters(), *model.nsp.parameters()):
+                p.requires_grad_(False)
         self.ddp = None
         net: torch.nn.Module = model
         if runtime.distributed:
             device_ids = [runtime.device.index] if runtime.device.type == "cuda" else None
-            self.ddp = DistributedDataParallel(
-                model, device_ids=device_ids, find_unused_parameters=not config.nsp
-            )
+            self.ddp = DistributedDataParallel(model, device_ids=device_ids)
             net = self.ddp
         if config.compile:
             # after DDP: dynamo splits the graph at DDP's bucket boundaries, so all-reduce
@@ -261,10 +265,15 @@ class Trainer:
 
     # ---- data ------------------------------------------------------------------------------
 
+    def _steps_in(self, examples: int) -> int:
+        """Optimizer steps an epoch of `examples` gives: the one formula (each rank gets
+        examples // world, in whole steps of batch_size x batches_per_step)."""
+        per_rank = examples // self.runtime.world_size
+        return per_rank // (self.config.batch_size * self.config.batches_per_step)
+
     def _steps_per_epoch(self, epoch: int) -> int:
         order = self.train_data.order(epoch)
-        per_rank = len(order) // self.runtime.world_size
-        steps = per_rank // (self.config.batch_size * self.config.batches_per_step)
+        steps = self._steps_in(len(order))
         if steps == 0 and epoch == 0:
             raise UserError(
                 f"the training data has {len(order)} examples: too few for --batch-size "
@@ -279,8 +288,7 @@ class Trainer:
         """This rank's micro-batches of `epoch`, after the first `skip_steps` steps."""
         order = self.train_data.order(epoch)
         world, bs, k = self.runtime.world_size, self.config.batch_size, self.config.batches_per_step
-        per_rank = len(order) // world
-        steps = per_rank // (bs * k)
+        steps = self._steps_in(len(order))
         mine = order[self.runtime.rank :: world][: steps * bs * k]
         batches = [mine[i : i + bs].tolist() for i in range(skip_steps * bs * k, len(mine), bs)]
         cuda = self.runtime.device.type == "cuda"
@@ -324,7 +332,7 @@ class Trainer:
         self.step, self.epoch = state["step"], state["epoch"]
         self.step_in_epoch = state["step_in_epoch"]
         self.skipped_steps = state.get("skipped_steps", 0)
-        per_rank = state.get("rng_per_rank") or [state["rng"]]
+        per_rank = state.get("rng_per_rank") or [state["rng"]]  # "rng": older checkpoints
         if len(per_rank) == self.runtime.world_size:
             set_rng_state(per_rank[self.runtime.rank])
         else:  # resumed on a different number of processes: a fresh, distinct seed per rank
@@ -379,7 +387,6 @@ class Trainer:
             "skipped_steps": self.skipped_steps,
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "rng": rng_per_rank[0],
             "rng_per_rank": rng_per_rank,  # every rank's dropout RNG, for exact DDP resume
             "train_config": asdict(self.config),
             "run": self.run_facts,
