@@ -308,7 +308,9 @@ def test_cli_extracts_input_and_preprocess_reads_it(tmp_path, invoke, xml_text):
     path = tmp_path / "small.xml.bz2"
     path.write_bytes(bz2.compress((head + "\n</mediawiki>\n").encode("utf-8")))
     out = tmp_path / "enwiki"
-    result = invoke("download", "wikipedia", "--input", path, "--out", out, "--workers", "2", "--json")
+    result = invoke(
+        "download", "wikipedia", "--input", path, "--out", out, "--workers", "2", "--json"
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     expected = [t for t, ns, redirect in _pages(head) if ns == "0" and not redirect]
@@ -382,3 +384,14 @@ def test_progress_shows_bytes_pages_and_rate(xml_text, tmp_path):
     size_kb = f"{path.stat().st_size / 1e3:.1f}"
     assert "Extracting articles" in shown and f"100% {size_kb}/{size_kb} kB" in shown
     assert re.search(r"pages=\d+", shown) and re.search(r"pages_per_s=\d+", shown)
+
+
+def test_dump_directory_lists_parts_in_numeric_order(tmp_path):
+    from bertcli.wikipedia import dump_files
+
+    names = [f"enwiki-20260101-pages-articles-multistream{i}.xml-p{i}p{i + 1}.bz2" for i in (10, 2, 1)]
+    for name in names + ["enwiki-20260101-pages-articles-multistream-index1.txt-p1p2.bz2"]:
+        (tmp_path / name).write_bytes(b"x")
+    assert [p.name for p in dump_files([tmp_path])] == names[::-1]
+    with pytest.raises(UserError, match="holds no .xml"):
+        dump_files([tmp_path / "empty"] if (tmp_path / "empty").mkdir() is None else [])

@@ -19,6 +19,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from bertcli.console import Reporter
 from bertcli.download import TransientError, fetch
@@ -84,7 +85,13 @@ def _get(url: str, timeout: float) -> bytes:
         return response.read()
 
 
-def _job_files(status: dict, db: str, date: str, base: str) -> tuple[str, list[dict]] | None:
+def natural(name: str) -> list[Any]:
+    """A sort key that puts multistream2 before multistream10."""
+    return [int(s) if s.isdigit() else s for s in re.split(r"(\d+)", name)]
+
+
+def _job_files(status: dict) -> tuple[str, list[dict]] | None:
+    """The first finished job of JOBS with its dump files (name + published metadata)."""
     jobs = status.get("jobs", {}) if isinstance(status, dict) else {}
     for job in JOBS:
         info = jobs.get(job) or {}
@@ -92,7 +99,7 @@ def _job_files(status: dict, db: str, date: str, base: str) -> tuple[str, list[d
             continue
         files = [
             {"name": name, **(meta or {})}
-            for name, meta in sorted((info.get("files") or {}).items())
+            for name, meta in sorted((info.get("files") or {}).items(), key=lambda i: natural(i[0]))
             if ".xml" in name  # the multistream job also lists its -index.txt files
         ]
         if files:
@@ -138,7 +145,7 @@ def find_dump(lang: str, date: str | None, base: str, timeout: float = 30.0) -> 
             raise UserError(f"{base}/{db}/{day}/dumpstatus.json: HTTP {exc.code}") from None
         except ValueError:
             raise UserError(f"{base}/{db}/{day}/dumpstatus.json is not JSON") from None
-        found = _job_files(status, db, day, base)
+        found = _job_files(status)
         if found is None:
             if date is not None and date != "latest":
                 raise UserError(f"{db} {day}: the pages-articles dump is not finished")

@@ -41,7 +41,7 @@ from mwparserfromhell import nodes
 from bertcli.atomic import atomic_directory
 from bertcli.console import Reporter
 from bertcli.errors import UserError
-from bertcli.wikidump import LANGUAGES, MIRRORS, fetch_dump, find_dump
+from bertcli.wikidump import LANGUAGES, MIRRORS, fetch_dump, find_dump, natural
 
 MARKER = ".bertcli-download.json"
 BATCH_CHARS = 1 << 18  # wikitext characters per worker task: amortises pickling, balances load
@@ -86,6 +86,7 @@ _BLOCK_TAGS = frozenset("br p div li dd dt blockquote center poem hr ul ol dl h1
 _HEADING = "\x01"  # marks a heading line until its section shows text
 _ITEM = "\x02"  # marks a list item: kept only if it reads as a sentence
 _MIN_ITEM_WORDS = 6
+_LANGUAGE_SET = frozenset(LANGUAGES)  # `[[de:…]]` is an interlanguage link
 
 
 @dataclass(frozen=True)
@@ -167,8 +168,6 @@ def _simple_links(text: str, site: Site) -> str:
 
 def _render(code: Any, site: Site, out: list[str]) -> None:
     """Append the visible text of mwparserfromhell nodes to `out`."""
-
-
     for node in code.nodes:
         if isinstance(node, nodes.Text):
             out.append(node.value)
@@ -230,7 +229,8 @@ def _paragraphs(lines: list[str], items: bool) -> list[str]:
         line = line.lstrip(_HEADING + _ITEM + "*#:; ")
         if not any(ch.isalnum() for ch in line):
             continue
-        if is_item and not items and (line[-1] not in ".!?。！？" or len(line.split()) < _MIN_ITEM_WORDS):
+        short = line[-1] not in ".!?。！？" or len(line.split()) < _MIN_ITEM_WORDS
+        if is_item and not items and short:
             continue  # link lists, bibliographies, "See also": not running text
         if is_heading:
             heading = line  # shown only if its section has text
@@ -242,18 +242,8 @@ def _paragraphs(lines: list[str], items: bool) -> list[str]:
     return paragraphs
 
 
-_LANGUAGE_SET = frozenset(LANGUAGES)
-_SITE = Site()
-
-
-def _init_worker(site: Site) -> None:
-    global _SITE
-    _SITE = site
-
-
-def clean_batch(pages: list[tuple[str, str, str]], site: Site | None = None) -> list[str]:
-    """(id, title, wikitext) pages → JSON lines, one per article (as WikiExtractor, even empty)."""
-    site = site or _SITE
+def clean_batch(pages: list[tuple[str, str, str]], site: Site = Site()) -> list[str]:
+    """(id, title, wikitext) pages → JSON lines, one per article (even empty, as WikiExtractor)."""
     lines = []
     for page_id, title, text in pages:
         record = {
@@ -398,14 +388,16 @@ class _PartWriter:
 # ---------------------------------------------------------------------------- extracting
 
 
+_DUMP_NAME = re.compile(r"\.xml(\.bz2|\.gz)?$|\.xml-p\d+p\d+")  # not the -index.txt files
+
+
 def dump_files(inputs: list[Path]) -> list[Path]:
     """Dump files named directly or found in directories (sorted), or UserError."""
     files: list[Path] = []
     for path in inputs:
         if path.is_dir():
-            found = sorted(
-                p for p in path.iterdir() if re.search(r"\.xml(\.bz2|\.gz)?$|\.xml-p\d+p\d+", p.name)
-            )
+            found = [p for p in path.iterdir() if _DUMP_NAME.search(p.name)]
+            found.sort(key=lambda p: natural(p.name))
             if not found:
                 raise UserError(f"--input: directory {path} holds no .xml/.xml.bz2 dump files")
             files.extend(found)
@@ -690,7 +682,9 @@ def download_wikipedia(
                 errors.append(f"{base}: {getattr(exc, 'reason', exc)}")
         if dump is None:
             raise UserError("could not reach a dump server: " + "; ".join(errors))
-        reporter.log(f"{dump.db} {dump.date}: {len(dump.files)} file(s) of {dump.job} at {dump.base}")
+        reporter.log(
+            f"{dump.db} {dump.date}: {len(dump.files)} file(s) of {dump.job} at {dump.base}"
+        )
         dump_dir = out.parent / f"{out.name}-dump"
         files = fetch_dump(dump, dump_dir, reporter, retries, backoff, timeout)
         source = {
