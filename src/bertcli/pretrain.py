@@ -251,16 +251,24 @@ def _out_dir(config: PretrainConfig, runtime: Runtime) -> Path:
     return Path("outputs") / "bert_lm" / stamp[0]
 
 
-def run_pretraining(config: PretrainConfig, reporter: Reporter | None = None) -> dict[str, Any]:
-    """Resolve everything, then train; returns the final metrics and checkpoint path."""
-    runtime = init_runtime(config.device, config.precision)
+def run_pretraining(
+    config: PretrainConfig, reporter: Reporter | None = None, runtime: Runtime | None = None
+) -> dict[str, Any]:
+    """Resolve everything, then train; returns the final metrics and checkpoint path.
+
+    Without a `runtime` one is made from the config and shut down here; a caller that passes
+    its own (to ask it `is_main` afterwards) shuts it down itself.
+    """
+    owned = runtime is None
+    runtime = runtime or init_runtime(config.device, config.precision)
     log = reporter if (reporter is not None and runtime.is_main) else Reporter()
     try:
         with contextlib.ExitStack() as cleanup:  # the run dir's lock, released on any exit
             return _run(config, runtime, log, cleanup)
     finally:
         gc.collect()  # DDP's reducer must go before its process group (gloo aborts otherwise)
-        shutdown(runtime)
+        if owned:
+            shutdown(runtime)
 
 
 def _report_skips(data: TextDataset, log: Reporter) -> TextDataset:
