@@ -281,7 +281,8 @@ def bench_cuda(repeats: int):
 
 def _cuda_case(preset: str, seq: int, batch: int, repeats: int, peak, name: str) -> dict:
     from bertcli.config import BertConfig
-    from bertcli.model import BertForPreTraining, flops_per_token
+    from bertcli.model import BertForPreTraining
+    from bertcli.train.mfu import flops_per_token
 
     device = torch.device("cuda")
     cfg = BertConfig.from_preset(preset)

@@ -341,12 +341,3 @@ class BertForPreTraining(nn.Module):
         from bertcli.hf import save_pretrained
 
         save_pretrained(self, path)
-
-
-def flops_per_token(config: BertConfig, seq_len: int, masked_fraction: float = 0.15) -> float:
-    """Training FLOPs per token: 6 x (matmul params) + attention scores, sparse MLM head."""
-    H, L, inter = config.hidden_size, config.num_hidden_layers, config.intermediate_size
-    per_layer = 4 * H * H + 2 * H * inter  # qkv + out + ffn weights
-    attention = 2 * seq_len * H  # QK^T and AV per token per layer (multiply-adds)
-    head = masked_fraction * (H * H + H * config.vocab_size)
-    return 6.0 * (L * (per_layer + attention) + head)
