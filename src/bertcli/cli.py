@@ -22,11 +22,35 @@ try:  # recent typer vendors click
 except ImportError:  # pragma: no cover - typer on top of click
     from click.exceptions import ClickException
 
-Abort = typer.Abort
+# `bertcli --help` lists commands in the order a run uses them, not in definition order.
+PIPELINE = ("download", "build-tokenizer", "preprocess", "pretrain", "evaluate", "export-config")
+
+
+def _flags_without_metavar(params: list) -> None:
+    """A flag takes no value: --help shows no `<bool>` type for it."""
+    for param in params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
 
 
 class _OneLineErrors(TyperGroup):
-    """Run commands non-standalone so errors can be reported as a single stderr line."""
+    """Run commands non-standalone so errors can be reported as a single stderr line; list
+    commands in pipeline order; show flags without a value type."""
+
+    def list_commands(self, ctx) -> list[str]:
+        names = super().list_commands(ctx)
+        return sorted(names, key=lambda n: PIPELINE.index(n) if n in PIPELINE else len(PIPELINE))
+
+    def get_params(self, ctx) -> list:
+        params = super().get_params(ctx)
+        _flags_without_metavar(params)
+        return params
+
+    def get_command(self, ctx, cmd_name: str):
+        command = super().get_command(ctx, cmd_name)
+        if command is not None:
+            _flags_without_metavar(command.get_params(ctx))
+        return command
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         try:
@@ -41,7 +65,7 @@ class _OneLineErrors(TyperGroup):
             _fail(user_message(exc))
         except ClickException as exc:
             _fail(exc.format_message(), exc.exit_code or 2)
-        except Abort:
+        except typer.Abort:
             sys.stderr.write("aborted\n")
             sys.exit(130)
         except KeyboardInterrupt:
@@ -236,12 +260,15 @@ def build_tokenizer(
 def download(
     name: str | None = typer.Argument(
         None,
-        help="A corpus (wikitext2, wikitext2-raw, wikitext103, wikitext103-raw) or a published "
+        help="A corpus (wikitext2, wikitext2-raw, wikitext103, wikitext103-raw, wikipedia) or a "
+        "published "
         "BERT checkpoint (bert-base-uncased, bert-large-cased … or any org/name Hub repo).",
     ),
     out: Path | None = typer.Option(None, help="Directory to fill (default: data/NAME)."),
     url: str | None = typer.Option(
-        None, help="Use this mirror (http(s):// or file://) instead of the known ones."
+        None,
+        help="Use this mirror (http(s):// or file://) instead of the known ones; for wikipedia "
+        "the base URL of a dump server with dumps.wikimedia.org's layout.",
     ),
     sha256: str | None = typer.Option(None, help="Expected sha256 of the archive."),
     retries: int = typer.Option(5, help="Retries per mirror for transient errors."),
@@ -267,6 +294,8 @@ def download(
     """Download a corpus (verified, unpacked) or a BERT checkpoint into the Hugging Face cache.
 
     `wikipedia` fetches a pages-articles dump (sha1-checked) and extracts it to JSON lines.
+
+    Example: bertcli download wikipedia --lang en --out data/enwiki
 
     Example: bertcli download wikitext2 --out data/wikitext2
 
@@ -589,7 +618,17 @@ def pretrain(
         Precision.auto, help="auto = bf16 on capable GPUs, fp32 on CPU."
     ),
     device: Device = typer.Option(Device.auto, help="auto = the local GPU if any."),
-    compile: bool = typer.Option(False, "--compile", help="torch.compile the model."),
+    compile: bool = typer.Option(
+        False,
+        "--compile",
+        help="torch.compile the model (after DDP wrapping); exits with one line where no "
+        "compiler is available (a C++ compiler on the CPU, triton on CUDA).",
+    ),
+    label_smoothing: float = typer.Option(
+        0.0,
+        help="Label smoothing of the MLM loss, in [0, 1); e.g. 0.1 (evaluation stays "
+        "unsmoothed).",
+    ),
     num_workers: int = typer.Option(0, help="DataLoader worker processes."),
     seed: int = typer.Option(12345, help="Random seed."),
     out: Path | None = typer.Option(None, help="Run directory (default outputs/bert_lm/<time>)."),
@@ -625,6 +664,7 @@ def pretrain(
     """
     from bertcli.console import make_reporter
     from bertcli.pretrain import PretrainConfig, run_pretraining
+    from bertcli.train.runtime import init_runtime, shutdown
     from bertcli.train.trainer import TrainConfig
 
     if max_steps is None and num_epochs is None:
@@ -657,6 +697,7 @@ def pretrain(
         seed=seed,
         nsp=nsp,
         compile=compile,
+        label_smoothing=label_smoothing,
         num_workers=num_workers,
     )
     config = PretrainConfig(
@@ -692,18 +733,16 @@ def pretrain(
         train=train_config,
     )
     reporter = make_reporter(json_output)
-    result = run_pretraining(config, reporter)
+    runtime = init_runtime(config.device, config.precision)
+    try:
+        result = run_pretraining(config, reporter, runtime)
+    finally:
+        shutdown(runtime)
     train = result.get("train") or {}
     line = f"trained to step {train.get('step')} (loss {train.get('loss', float('nan')):.4f}); "
     line += f"checkpoint {result['checkpoint']}"
-    if _is_main_process():
+    if runtime.is_main:  # under torchrun, one summary: rank 0's
         _report(result, json_output, line)
-
-
-def _is_main_process() -> bool:
-    import os
-
-    return os.environ.get("RANK", "0") == "0"
 
 
 @app.command("evaluate")
