@@ -6,9 +6,7 @@ no traceback, and leave nothing at the output path that looks complete.
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
+import gzip
 
 import numpy as np
 import pytest
@@ -29,6 +27,7 @@ def files(tmp_path_factory):
     (root / "blank.txt").write_text("\n\n   \n")
     (root / "binary.bin").write_bytes(bytes(range(256)) * 64)
     (root / "latin1.txt").write_bytes("caf\xe9 cr\xe8me\n".encode("latin-1"))
+    (root / "cut.txt.gz").write_bytes(gzip.compress(text.encode())[:9000])  # ends mid-stream
     (root / "novocab.txt").write_text("hello\nworld\n")
     (root / "plain_dir").mkdir()
     (root / "plain_dir" / "notes.txt").write_text("not a checkpoint\n")
@@ -283,6 +282,18 @@ CASES = {
         PTP + ["{d}/shard_ok", "--eval-data", "{d}/shard_nsp_2"],
         "next_sentence_labels holds 2",
     ),
+    "pt-shards-weight-negative": (PTP + ["{d}/shard_ok:-1"], "'-1' is not a positive number"),
+    "pt-shards-weight-text": (PTP + ["{d}/shard_ok:abc"], "'abc' is not a positive number"),
+    "pt-shards-twice": (
+        PTP + ["{d}/shard_ok", "--train-data", "{d}/shard_ok/"],
+        "shard_ok is listed twice",
+    ),
+    "pt-shards-weight-on-eval": (
+        PTP + ["{d}/shard_ok", "--eval-data", "{d}/shard_ok:2"],
+        "weights (DIR:WEIGHT) apply to --train-data only",
+    ),
+    "ev-shards-twice": (EVP + ["{d}/shard_ok", "--data-preprocessed", "{d}/shard_ok"], "twice"),
+    "pp-gz-damaged": (PP + ["--input", "{d}/cut.txt.gz"], "cannot be read as gz-compressed text"),
     "pt-out-is-file": (PT[:-1] + ["{d}/corpus.txt"] + PT_ARGS, "not a directory"),
     "pt-tokenizer-and-vocab": (PT + PT_ARGS + ["--vocab-file", "{d}/tok/vocab.txt"], "not both"),
     "pp-tokenizer-and-vocab": (
@@ -291,6 +302,11 @@ CASES = {
     ),
     "pt-eps-zero": (PT + PT_ARGS + ["--eps", "0"], "--eps"),
     "pt-lr-power-zero": (PT + PT_ARGS + ["--lr-power", "0"], "--lr-power"),
+    "pt-label-smoothing-one": (PT + PT_ARGS + ["--label-smoothing", "1"], "--label-smoothing"),
+    "pt-label-smoothing-neg": (
+        PT + PT_ARGS + ["--label-smoothing", "-0.1"],
+        "--label-smoothing",
+    ),
     "pt-short-seq-prob": (PT + PT_ARGS + ["--short-seq-prob", "1.5"], "--short-seq-prob"),
     "pt-hidden-dropout": (PT + PT_ARGS + ["--hidden-dropout", "1"], "--hidden-dropout"),
     "pt-attention-dropout": (
@@ -405,30 +421,6 @@ def test_bad_input(invoke, files, tmp_path, case):
 # own error forms are raised from the writers they wrap.
 
 FULL = "no space left on device writing"
-
-
-@pytest.fixture
-def small_disk(tmp_path):
-    """`small_disk(size)` mounts a tmpfs of that size (root only; skipped elsewhere)."""
-    mounts = []
-
-    def mount(size: str):
-        if os.geteuid() != 0 or not shutil.which("mount"):
-            pytest.skip("mounting a tmpfs needs root")
-        path = tmp_path / f"disk{len(mounts)}"
-        path.mkdir()
-        done = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-            capture_output=True,
-        )
-        if done.returncode:
-            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-        mounts.append(path)
-        return path
-
-    yield mount
-    for path in mounts:
-        subprocess.run(["umount", "-l", str(path)], capture_output=True)
 
 
 def _filled(args: list[str], files) -> list[str]:

@@ -68,6 +68,7 @@ class Server:
                 self.wfile.write(body)
 
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.handle_error = lambda request, address: None  # a client that hung up
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/wikitext-2-v1.zip"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
@@ -249,3 +250,28 @@ def test_garbage_part_answered_416_is_discarded(server, tmp_path):
     assert server.requests[0].startswith("bytes=") and server.requests[1:] == [None]
     assert (out / "valid.txt").read_bytes() == (WIKITEXT2 / "valid.txt").read_bytes()
     assert leftovers(out) == [MARKER]
+
+
+@pytest.mark.parametrize("preflight", [True, False])
+def test_full_disk_while_downloading(server, small_disk, monkeypatch, invoke, preflight):
+    disk = small_disk("1m")  # the archive is several MB
+    if not preflight:  # the disk fills mid-stream
+        monkeypatch.setattr("bertcli.download.check_space", lambda *a, **k: None)
+    result = invoke("download", "wikitext2", "--out", disk / "wt2", "--url", server.url)
+    line = one_error_line(result.stderr)
+    assert result.exit_code == 2 and "Traceback" not in result.output + result.stderr
+    assert line.startswith(
+        f"error: no space left on device writing {disk / 'wt2' / '.wikitext2.part'}"
+    )
+    assert "download needs about" in line and "free there" in line
+    assert not (disk / "wt2" / MARKER).exists()
+
+
+def test_full_disk_while_unpacking_keeps_the_archive(server, small_disk, invoke):
+    disk = small_disk(f"{len(server.payload) // 1024 + 1200}k")  # the archive, not its contents
+    result = invoke("download", "wikitext2", "--out", disk / "wt2", "--url", server.url)
+    line = one_error_line(result.stderr)
+    assert result.exit_code == 2 and "Traceback" not in result.output + result.stderr
+    assert line.startswith("error: no space left on device writing") and ".txt" in line, line
+    assert leftovers(disk / "wt2") == [".wikitext2.part"]  # complete: kept for the next run
+    assert not [p for p in (disk / "wt2").iterdir() if p.suffix == ".txt"]

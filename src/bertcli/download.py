@@ -34,7 +34,7 @@ from pathlib import Path
 
 from bertcli.atomic import durable_replace
 from bertcli.console import Reporter
-from bertcli.errors import UserError
+from bertcli.errors import MIN_FREE, UserError, check_space, writing
 
 SPLITS = ("train", "valid", "test")
 MARKER = ".bertcli-download.json"
@@ -189,7 +189,13 @@ def fetch(
                 reporter.start(f"Downloading {url.rsplit('/', 1)[-1]}", total=total, unit="bytes")
                 reporter.advance(offset)
                 received = 0
-                with part.open("ab" if offset else "wb") as handle:
+                needed = int(length) + MIN_FREE if length else None
+                if needed:
+                    check_space(part, needed, "the rest of the download")
+                with (
+                    writing(part, needed, "the download"),
+                    part.open("ab" if offset else "wb") as handle,
+                ):
                     while True:
                         chunk = response.read(CHUNK)
                         if not chunk:
@@ -245,7 +251,7 @@ def unpack(archive: Path, spec: CorpusSpec, out: Path) -> dict[str, str]:
             temps[split] = tmp  # before writing: a failure halfway must not leave it behind
             digest = hashlib.sha256()
             try:
-                with members[member]() as src, tmp.open("wb") as dst:
+                with writing(out / f"{split}.txt"), members[member]() as src, tmp.open("wb") as dst:
                     for chunk in iter(lambda src=src: src.read(1 << 20), b""):
                         digest.update(chunk)
                         dst.write(chunk)

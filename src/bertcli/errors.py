@@ -119,7 +119,7 @@ def os_error(
         free = free_bytes(path)
         if free is not None and free < max(needed or 0, MIN_FREE):
             return disk_full(path, needed, what)  # torch.save reports ENOSPC without errno
-    if isinstance(exc, OSError):
+    if isinstance(exc, OSError) and exc.errno is not None:  # not gzip's BadGzipFile and kin
         where = exc.filename or path
         reason = exc.strerror or str(exc)
         return UserError(f"cannot write {where}: {reason}" if where else reason)
