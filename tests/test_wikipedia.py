@@ -301,6 +301,12 @@ def test_clean_wikitext_edge_cases():
         "Intro text here.",
         "This item is a whole sentence.",
     ]
+    # citation sections (and their sub-sections) are not prose; a later section is
+    back = (
+        "Body text.\n== Further reading ==\n* Smith, John. A Long Book Title. Press, 2001.\n"
+        "=== Primary sources ===\nSome listing of sources here.\n== Legacy ==\nIt lasted."
+    )
+    assert clean_wikitext(back) == ["Body text.", "Legacy", "It lasted."]
 
 
 def test_cli_extracts_input_and_preprocess_reads_it(tmp_path, invoke, xml_text):

@@ -83,7 +83,14 @@ _DROP_TAGS = frozenset(
     "charinsert noinclude includeonly onlyinclude nowiki code var kbd".split()
 )
 _BLOCK_TAGS = frozenset("br p div li dd dt blockquote center poem hr ul ol dl h1 h2 h3 h4".split())
-_HEADING = "\x01"  # marks a heading line until its section shows text
+_HEADING = "\x01"  # marks a heading line (then its level digit) until its section shows text
+# Sections of citations and link lists, not prose (English names; other wikis keep theirs).
+_BACK_MATTER = frozenset(
+    "references|external links|further reading|bibliography|notes|sources|see also|citations|"
+    "footnotes|notes and references|references and notes|works cited|general references|"
+    "general and cited references|selected bibliography|select bibliography|primary sources|"
+    "secondary sources|literature".split("|")
+)
 _ITEM = "\x02"  # marks a list item: kept only if it reads as a sentence
 _MIN_ITEM_WORDS = 6
 _LANGUAGE_SET = frozenset(LANGUAGES)  # `[[de:…]]` is an interlanguage link
@@ -198,7 +205,7 @@ def _render(code: Any, site: Site, out: list[str]) -> None:
         elif isinstance(node, nodes.Heading):
             parts: list[str] = []
             _render(node.title, site, parts)
-            out.append(f"\n{_HEADING}{''.join(parts)}\n")
+            out.append(f"\n{_HEADING}{min(node.level, 6)}{''.join(parts)}\n")
         elif isinstance(node, nodes.HTMLEntity):
             out.append(node.normalize())
         # Template, Argument, Comment: dropped
@@ -208,7 +215,7 @@ def clean_wikitext(text: str, site: Site = Site()) -> list[str]:
     """The paragraphs of an article's wikitext, markup removed, headings kept before text."""
     text = _INLINE_TAG.sub("", _RAW.sub("", _REF.sub("", _COMMENT.sub("", text))))
     text = drop_nested(_SWITCH.sub("", text))
-    text = _HEADING_LINE.sub(f"\n{_HEADING}\\2\n", text)
+    text = _HEADING_LINE.sub(lambda m: f"\n{_HEADING}{len(m[1])}{m[2]}\n", text)
     text = _LIST_MARK.sub(f"\n{_ITEM}", text)
     code = mwparserfromhell.parse(_simple_links(text, site), skip_style_tags=True)
     out: list[str] = []
@@ -222,10 +229,20 @@ def clean_wikitext(text: str, site: Site = Site()) -> list[str]:
 def _paragraphs(lines: list[str], items: bool) -> list[str]:
     paragraphs: list[str] = []
     heading: str | None = None
+    skip_below = 0  # inside a back-matter section of this level (0: not)
     for raw in lines:
         line = raw.strip()
         is_heading = line.startswith(_HEADING)
         is_item = line.startswith(_ITEM)
+        if is_heading:
+            level = int(line[1]) if line[1:2].isdigit() else 2
+            if skip_below and level > skip_below:
+                continue  # a sub-section of the references
+            title = line[2:].strip(" .:").lower()
+            skip_below = level if title in _BACK_MATTER else 0
+            line = line[2:]
+        if skip_below:
+            continue
         line = line.lstrip(_HEADING + _ITEM + "*#:; ")
         if not any(ch.isalnum() for ch in line):
             continue
