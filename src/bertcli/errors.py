@@ -34,6 +34,8 @@ _FULL_DISK_WORDS = (
 )
 _WORKER_PREFIX = "Caught UserError in DataLoader worker"
 _ORIGINAL = "bertcli.errors.UserError: "
+# what a failed write reports; other errors (a read, a bad gzip stream) are not the writer's
+_WRITE_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.EFBIG, errno.EIO}
 MIN_FREE = 1 << 20  # below this, a failed write with no errno is blamed on the disk
 
 
@@ -119,7 +121,7 @@ def os_error(
         free = free_bytes(path)
         if free is not None and free < max(needed or 0, MIN_FREE):
             return disk_full(path, needed, what)  # torch.save reports ENOSPC without errno
-    if isinstance(exc, OSError) and exc.errno is not None:  # not gzip's BadGzipFile and kin
+    if isinstance(exc, OSError) and exc.errno in _WRITE_ERRNOS:
         where = exc.filename or path
         reason = exc.strerror or str(exc)
         return UserError(f"cannot write {where}: {reason}" if where else reason)

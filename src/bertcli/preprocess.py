@@ -42,7 +42,7 @@ from bertcli.data.examples import (
     stream_starts,
 )
 from bertcli.data.shards import ShardAppender
-from bertcli.errors import UserError
+from bertcli.errors import UserError, writing
 from bertcli.tokenizer import BertTokenizer
 
 MAX_SEQ_LENGTH_LIMIT = 512  # BERT's position table; longer sequences no BERT could use
@@ -334,7 +334,7 @@ def preprocess(
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a directory")
     final = out / config.subdir_name(tokenizer.lowercase)
-    with atomic_directory(final) as tmp:
+    with writing(final, what="the shards"), atomic_directory(final) as tmp:
         result = _run(config, tokenizer, spec, files, tmp, reporter)
         result.directory = str(final)
         (tmp / "preprocess.json").write_text(

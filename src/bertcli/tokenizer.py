@@ -26,7 +26,7 @@ from tokenizers import (
 from bertcli.atomic import atomic_directory
 from bertcli.console import Reporter
 from bertcli.data.corpus import CorpusStats, check_input_files, read_texts
-from bertcli.errors import MIN_FREE, UserError, check_space, writing
+from bertcli.errors import UserError, check_space, writing
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 TOKENIZER_FILE = "tokenizer.json"
@@ -452,7 +452,7 @@ def save_tokenizer(tok: BertTokenizer, out: str | Path) -> Path:
     if out.exists() and any(out.iterdir()) and not (out / TOKENIZER_FILE).exists():
         raise UserError(f"--out {out} is a non-empty directory that is not a tokenizer directory")
     # tokenizer.json plus vocab.txt (smaller) and two small configs
-    needed = 2 * len(tok.tokenizer.to_str().encode()) + MIN_FREE
+    needed = 2 * len(tok.tokenizer.to_str().encode()) + (64 << 10)
     check_space(out, needed, "the tokenizer")
     with writing(out, needed, "the tokenizer"), atomic_directory(out) as tmp:
         write_tokenizer_files(tok, tmp)

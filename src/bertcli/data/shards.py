@@ -26,7 +26,7 @@ import h5py
 import numpy as np
 
 from bertcli.atomic import durable_replace
-from bertcli.errors import MIN_FREE, UserError, check_space, os_error, writing
+from bertcli.errors import UserError, check_space, os_error, writing
 
 KEYS = (
     "input_ids",
@@ -36,6 +36,7 @@ KEYS = (
     "masked_lm_ids",
     "next_sentence_labels",
 )
+HDF5_SLACK = 64 << 10  # beyond the raw block: superblock, B-tree nodes, attributes
 DTYPES = {
     "input_ids": np.int32,
     "input_mask": np.int8,
@@ -171,7 +172,7 @@ class ShardAppender:
     def append(self, arrays: dict[str, np.ndarray]) -> None:
         n = len(arrays["input_ids"])
         block = sum(np.asarray(arrays[key]).size * np.dtype(DTYPES[key]).itemsize for key in KEYS)
-        check_space(self.path, block + MIN_FREE, f"a block of {n:,} examples")
+        check_space(self.path, block + HDF5_SLACK, f"a block of {n:,} examples")
         self.bytes += block
         if self.file is None:
             with writing(self.tmp):
