@@ -23,8 +23,9 @@ _bertcli() {
         download)
             case "$prev" in
                 --out) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --input) COMPREPLY=($(compgen -f -- "$cur")); return ;;
             esac
-            COMPREPLY=($(compgen -W '--out --url --sha256 --retries --revision --list --json --help' -- "$cur"))
+            COMPREPLY=($(compgen -W '--out --url --sha256 --retries --revision --list --lang --date --input --workers --part-size --json --help' -- "$cur"))
             ;;
         evaluate)
             case "$prev" in
@@ -53,7 +54,7 @@ _bertcli() {
                 --vocab-file) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --input-format) COMPREPLY=($(compgen -W 'auto text wikitext jsonl' -- "$cur")); return ;;
             esac
-            COMPREPLY=($(compgen -W '--input --out --tokenizer --vocab-file --lowercase --no-lowercase --max-seq-length --max-predictions-per-seq --masked-lm-prob --short-seq-prob --dupe-factor --seed --whole-word-masking --no-whole-word-masking --input-format --workers --shard-size --eval-fraction --json --help' -- "$cur"))
+            COMPREPLY=($(compgen -W '--input --out --tokenizer --vocab-file --lowercase --no-lowercase --max-seq-length --max-predictions-per-seq --masked-lm-prob --short-seq-prob --dupe-factor --seed --whole-word-masking --no-whole-word-masking --nsp --no-nsp --input-format --workers --shard-size --eval-fraction --json --help' -- "$cur"))
             ;;
         pretrain)
             case "$prev" in
@@ -70,7 +71,7 @@ _bertcli() {
                 --device) COMPREPLY=($(compgen -W 'auto cpu cuda' -- "$cur")); return ;;
                 --out) COMPREPLY=($(compgen -f -- "$cur")); return ;;
             esac
-            COMPREPLY=($(compgen -W '--data-text --data-preprocessed --train-data --eval-data --tokenizer --vocab-file --vocab-size --preset --num-hidden-layers --hidden-size --num-attention-heads --intermediate-size --hidden-act --config-file --init-from --init-optimizer-from --nsp --no-nsp --max-seq-length --masked-lm-prob --max-predictions-per-seq --whole-word-masking --no-whole-word-masking --short-seq-prob --input-format --hidden-dropout --attention-dropout --optimizer --lr --weight-decay --beta1 --beta2 --eps --lr-policy --warmup-ratio --warmup-steps --min-lr --lr-power --max-steps --num-epochs --batch-size --batches-per-step --max-grad-norm --precision --device --compile --num-workers --seed --out --log-every --eval-every --eval-batches --eval-batch-size --save-every --save-every-epochs --keep-last --resume --allow-changes --json --help' -- "$cur"))
+            COMPREPLY=($(compgen -W '--data-text --data-preprocessed --train-data --eval-data --tokenizer --vocab-file --vocab-size --preset --num-hidden-layers --hidden-size --num-attention-heads --intermediate-size --hidden-act --config-file --init-from --init-optimizer-from --nsp --no-nsp --max-seq-length --masked-lm-prob --max-predictions-per-seq --whole-word-masking --no-whole-word-masking --short-seq-prob --input-format --hidden-dropout --attention-dropout --optimizer --lr --weight-decay --beta1 --beta2 --eps --lr-policy --warmup-ratio --warmup-steps --min-lr --lr-power --max-steps --num-epochs --batch-size --batches-per-step --max-grad-norm --precision --device --compile --label-smoothing --num-workers --seed --out --log-every --eval-every --eval-batches --eval-batch-size --save-every --save-every-epochs --keep-last --resume --allow-changes --json --help' -- "$cur"))
             ;;
     esac
 }

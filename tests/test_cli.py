@@ -18,11 +18,19 @@ def test_version(invoke):
     assert __version__ in result.stdout
 
 
-def test_help_lists_commands(invoke):
+def test_help_lists_commands_in_pipeline_order(invoke):
     result = invoke("--help")
     assert result.exit_code == 0
-    for command in COMMANDS:
-        assert command in result.stdout
+    at = [result.stdout.index(f" {command} ") for command in COMMANDS]
+    assert at == sorted(at), result.stdout
+
+
+@pytest.mark.parametrize("args", [[], ["pretrain"], ["preprocess"], ["evaluate"]])
+def test_flags_show_no_value_type(invoke, args):
+    result = invoke(*args, "--help")
+    assert result.exit_code == 0
+    assert "<bool>" not in result.stdout and "BOOLEAN" not in result.stdout
+    assert "<int>" in result.stdout or "<path>" in result.stdout or not args  # types stay
 
 
 def test_export_config_base(invoke, tmp_path):

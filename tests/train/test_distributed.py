@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 from bertcli.train.checkpoint import latest_checkpoint
 from tests.train.conftest import TINY
@@ -47,9 +46,9 @@ def test_torchrun_two_processes(corpus, tokenizer_dir, tmp_path):
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=240)
-    if proc.returncode:
-        Path("/tmp/fail1.log").write_text(proc.stderr)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    if proc.returncode:  # the whole log, inside the test's own temp dir
+        (tmp_path / "torchrun.stderr").write_text(proc.stderr)
+    assert proc.returncode == 0, f"{tmp_path / 'torchrun.stderr'}: {proc.stderr[-3000:]}"
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     train = [r["step"] for r in rows if "split" not in r]
     assert train == [1, 2, 3, 4, 5, 6]  # each step logged once, by rank 0 only
@@ -97,9 +96,10 @@ def test_torchrun_resume_is_exact(corpus, tokenizer_dir, tmp_path):
         ]
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=240)
+        log = out.parent / f"{out.name}.stderr"  # inside the test's own temp dir
         if proc.returncode:
-            Path("/tmp/fail.log").write_text(proc.stderr)
-        assert proc.returncode == 0, proc.stderr[-3000:]
+            log.write_text(proc.stderr)
+        assert proc.returncode == 0, f"{log}: {proc.stderr[-3000:]}"
 
     whole, cut = tmp_path / "whole", tmp_path / "cut"
     run(whole)
