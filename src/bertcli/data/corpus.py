@@ -183,7 +183,7 @@ def read_lines(path: Path, stats: CorpusStats) -> Iterator[str]:
                 handle.close()
 
 
-def _text_documents(path: Path, stats: CorpusStats, split: bool = True) -> Iterator[list[str]]:
+def _text_documents(path: Path, stats: CorpusStats) -> Iterator[list[str]]:
     doc: list[str] = []
     for line in read_lines(path, stats):
         line = line.strip()
@@ -235,7 +235,8 @@ def _jsonl_documents(path: Path, stats: CorpusStats, split: bool = True) -> Iter
             yield doc
 
 
-_READERS = {"text": _text_documents, "wikitext": _wikitext_documents, "jsonl": _jsonl_documents}
+# readers of paragraphs, which `split` turns into sentences; text has one sentence per line
+_READERS = {"wikitext": _wikitext_documents, "jsonl": _jsonl_documents}
 
 
 def resolve_format(path: Path, fmt: str) -> str:
@@ -254,8 +255,9 @@ def read_documents(
     """All documents of all files, in order, as lists of sentences (paragraphs if not split)."""
     stats = stats if stats is not None else CorpusStats()
     for path in paths:
-        reader = _READERS[resolve_format(path, fmt)]
-        for doc in reader(path, stats, split):
+        name = resolve_format(path, fmt)
+        docs = _text_documents(path, stats) if name == "text" else _READERS[name](path, stats, split)
+        for doc in docs:
             stats.documents += 1
             stats.sentences += len(doc)
             yield doc
