@@ -1,6 +1,6 @@
 """`bertcli download wikipedia --input` side by side with WikiExtractor on the same dump.
 
-    pip install wikiextractor   # the reference; not a bertcli dependency
+    pip install -e '.[test]'    # brings wikiextractor, the reference (not a bertcli dependency)
     python benchmarks/wikipedia.py [--processes 2] [--repeats 3] [--json OUT]
 
 Both run as command-line programs (Python start-up included for both), alternated, on
