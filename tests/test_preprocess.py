@@ -183,6 +183,9 @@ def test_directory_of_compressed_files_workers_and_shard_size(uncased, tmp_path)
             with h5py.File(directories[0] / name, "r") as a, h5py.File(path, "r") as b:
                 for key in a:
                     assert np.array_equal(a[key][...], b[key][...]), (name, key)
+                # whole chunks even where a shard began with a block's last few rows
+                assert b["input_ids"].chunks == (1024, 128)
+                assert b["input_ids"].compression == "gzip" and b["input_ids"].shuffle
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
