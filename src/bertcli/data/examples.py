@@ -339,27 +339,31 @@ def mask_sequence(
     `randint(0, vocab - 1)`. As there, a continuation piece joins the previous candidate word
     even across a [SEP].
     """
-    row = ids[:length].tolist()
-    cont = spec.continuation if spec.whole_word_masking else None
-    words: list[list[int]] = []
-    for i, token in enumerate(row):
-        if token == spec.cls_id or token == spec.sep_id:
-            continue
-        if cont is not None and words and cont[token]:
-            words[-1].append(i)
-        else:
-            words.append([i])
-    rng.shuffle(words)
+    body = ids[:length]
+    candidates = np.flatnonzero((body != spec.cls_id) & (body != spec.sep_id)).tolist()
+    row = body.tolist()
     num_to_predict = min(
         spec.max_predictions_per_seq, max(1, int(round(length * spec.masked_lm_prob)))
     )
+    if spec.whole_word_masking and spec.continuation is not None:
+        cont = spec.continuation
+        words: list[list[int]] = []
+        for i in candidates:
+            if words and cont[row[i]]:
+                words[-1].append(i)
+            else:
+                words.append([i])
+    else:
+        words = candidates  # one piece per word: shuffling the positions draws the same
+    rng.shuffle(words)
     chosen: list[tuple[int, int]] = []  # (position, id shown)
     for word in words:
         if len(chosen) >= num_to_predict:
             break
-        if len(chosen) + len(word) > num_to_predict:
+        pieces = word if isinstance(word, list) else (word,)
+        if len(chosen) + len(pieces) > num_to_predict:
             continue
-        for i in word:
+        for i in pieces:
             if rng.random() < 0.8:
                 shown = spec.mask_id
             elif rng.random() < 0.5:
