@@ -307,6 +307,9 @@ def test_clean_wikitext_edge_cases():
         "=== Primary sources ===\nSome listing of sources here.\n== Legacy ==\nIt lasted."
     )
     assert clean_wikitext(back) == ["Body text.", "Legacy", "It lasted."]
+    # zhwiki's language conversion: the first variant, literal text, rules show nothing
+    zh = "数学是-{zh-hans:信息;zh-hant:資訊}-的基础，-{H|zh-cn:软件;zh-tw:軟體}-也是-{A}-。"
+    assert clean_wikitext(zh) == ["数学是信息的基础，也是A。"]
 
 
 def test_cli_extracts_input_and_preprocess_reads_it(tmp_path, invoke, xml_text):

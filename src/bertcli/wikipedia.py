@@ -75,6 +75,10 @@ _INLINE_TAG = re.compile(
     re.I,
 )
 _REDIRECT = re.compile(r"\s*#\s*redirect", re.I)
+# Chinese (and other multi-script) wikis' language conversion: -{text}-, -{zh-hans:A;zh-hant:B}-,
+# -{H|rule}- (a rule, shows nothing). Not nested in practice.
+_CONVERSION = re.compile(r"-\{(.*?)\}-", re.S)
+_VARIANT = re.compile(r"(?:^|;)\s*[a-z]{2,3}(?:-[a-z]+)*\s*:([^;]*)")
 
 # Tags whose content is not running text.
 _DROP_TAGS = frozenset(
@@ -150,6 +154,18 @@ def drop_nested(text: str) -> str:
         pos = outer + 2
 
 
+def _conversion(match: re.Match[str]) -> str:
+    """The text a reader sees for -{…}-: the first variant, or the literal text; rules: none."""
+    body = match.group(1)
+    flags, bar, rest = body.partition("|")
+    if bar and re.fullmatch(r"[A-Za-z;\s-]{1,12}", flags):
+        if re.search(r"[HT-]", flags):
+            return ""  # a conversion rule or a title rule: nothing shown here
+        body = rest
+    variants = _VARIANT.findall(body)
+    return variants[0].strip() if variants else body
+
+
 def _dropped_link(title: str, site: Site) -> bool:
     """Files, categories and interlanguage links are not prose (`[[:Category:X]]` is)."""
     if ":" not in title or title.startswith(":"):
@@ -214,6 +230,8 @@ def _render(code: Any, site: Site, out: list[str]) -> None:
 def clean_wikitext(text: str, site: Site = Site()) -> list[str]:
     """The paragraphs of an article's wikitext, markup removed, headings kept before text."""
     text = _INLINE_TAG.sub("", _RAW.sub("", _REF.sub("", _COMMENT.sub("", text))))
+    if "-{" in text:
+        text = _CONVERSION.sub(_conversion, text)
     text = drop_nested(_SWITCH.sub("", text))
     text = _HEADING_LINE.sub(lambda m: f"\n{_HEADING}{len(m[1])}{m[2]}\n", text)
     text = _LIST_MARK.sub(f"\n{_ITEM}", text)
