@@ -644,7 +644,7 @@ def _extract_file(
                     pages_per_s=round(result.pages / elapsed),
                 )
                 reported = counter.count
-        if sites == [] and result.pages == 0:
+        if not sites and result.pages == pages_before:
             raise ET.ParseError("no MediaWiki <siteinfo> or <page> found")
     except (ET.ParseError, EOFError, OSError) as exc:
         if isinstance(exc, ET.ParseError):  # expat says "no element found" at a premature end
