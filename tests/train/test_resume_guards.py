@@ -42,6 +42,9 @@ def test_resume_guards_metrics_repair_and_fallback(invoke, corpus, tokenizer_dir
     assert sorted(p.name for p in ckdir.iterdir()) == before
     line = _one_error_line(run("--max-steps", "2", "--resume"))
     assert "--max-steps" in line and "(3)" in line
+    done = run("--max-steps", "3", "--resume")  # a requeued job that had already finished
+    assert done.exit_code == 0, done.output
+    assert f"trained to step 3 (loss {rows[2]['loss']:.4f})" in done.stdout
 
     # the step-3 row was cut by a power loss and a foreign byte landed in the file
     text = (out / "metrics.jsonl").read_bytes().splitlines(keepends=True)

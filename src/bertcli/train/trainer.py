@@ -250,6 +250,7 @@ class Trainer:
         self.epoch = 0
         self.step_in_epoch = 0
         self.skipped_steps = 0
+        self.resumed_row: dict[str, Any] = {}  # the checkpoint's last train row, if any
         self._first_bad = torch.full((), -1, dtype=torch.long, device=runtime.device)
         # a sync per step is free on the CPU; on GPUs check at log intervals (and every save)
         self.finite_check_every = 1 if runtime.device.type == "cpu" else config.log_every
@@ -339,6 +340,7 @@ class Trainer:
             torch.manual_seed(self.config.seed + self.runtime.rank + self.step)
         if self.runtime.is_main:
             rows = load_summary(directory).get("metrics", [])
+            self.resumed_row = next((r for r in rows if "split" not in r), {})
             damaged = truncate_metrics(self.out / "metrics.jsonl", self.step, rows)
             if damaged:
                 self.reporter.log(f"metrics.jsonl: dropped {damaged} damaged line(s)")
@@ -529,7 +531,7 @@ class Trainer:
         )
         window = torch.zeros(3, device=runtime.device)
         window_steps, window_tokens, window_start = 0, 0, time.perf_counter()
-        last_row: dict[str, Any] = {}
+        last_row: dict[str, Any] = dict(self.resumed_row)  # nothing left to train: report it
         last_eval: dict[str, Any] | None = None
         stopped = False
         with _StopFlag() as stop:
