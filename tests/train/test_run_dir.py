@@ -52,6 +52,37 @@ def test_a_second_run_is_refused_naming_the_holder_and_a_dead_holder_is_taken_ov
     again.release()
 
 
+def test_a_filesystem_without_locks_runs_unlocked_and_says_so(tmp_path, monkeypatch):
+    import errno
+
+    from bertcli.console import Reporter
+    from bertcli.train import lock as lock_module
+    from bertcli.train.rundir import claim_run_dir
+    from bertcli.train.runtime import Runtime
+
+    def no_locks(fd, operation):  # what NFS without lockd answers
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(lock_module.fcntl, "flock", no_locks)
+    debris = tmp_path / "run" / ".step_00000001.tmp-00000000"
+    debris.mkdir(parents=True)
+
+    class Lines(Reporter):
+        def __init__(self):
+            self.lines = []
+
+        def log(self, message):
+            self.lines.append(message)
+
+    log = Lines()
+    runtime = Runtime(0, 0, 1, "cpu", "fp32")
+    held, resume = claim_run_dir(tmp_path / "run", runtime, log, resume=False)
+    assert resume is None and held.unsupported
+    assert "without file locks (No locks available)" in log.lines[0]
+    assert debris.exists()  # unlocked, another run's temporaries may be alive: not swept
+    held.release()
+
+
 def test_metrics_repair_drops_damaged_lines_and_restores_the_checkpoint_row(tmp_path):
     path = tmp_path / "metrics.jsonl"
     rows = [{"step": s, "loss": 10.0 - s} for s in (1, 2, 3)]

@@ -33,18 +33,20 @@ except ImportError:  # pragma: no cover - Windows
 class RunLock:
     """Holds the lock of one run directory until `release()` (or the process's end)."""
 
-    def __init__(self, directory: Path, fd: int, stale: dict | None):
+    def __init__(self, directory: Path, fd: int, stale: dict | None, unsupported: str = ""):
         self.directory = directory
         self.fd: int | None = fd
         self.stale = stale  # the record of a dead holder this lock took over, if any
+        self.unsupported = unsupported  # why this filesystem could not lock ("" = locked)
 
     def release(self) -> None:
         """Clear the record and unlock (a clean exit leaves no stale record)."""
         if self.fd is None:
             return
-        with contextlib.suppress(OSError):
-            os.ftruncate(self.fd, 0)
-        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        if not self.unsupported:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self.fd, 0)
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
         os.close(self.fd)
         self.fd = None
 
@@ -90,6 +92,9 @@ def acquire_run_lock(directory: str | Path) -> RunLock:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:
+        if exc.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+            # a filesystem without locks (NFS without lockd, some FUSE): run, but say so
+            return RunLock(directory, fd, None, exc.strerror or "no locks")
         holder = _read_record(fd)
         os.close(fd)
         if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):

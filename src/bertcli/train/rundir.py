@@ -57,9 +57,14 @@ def claim_run_dir(
     if runtime.is_main:
         try:
             lock = acquire_run_lock(out)
+            if lock.unsupported:
+                log.log(
+                    f"warning: {out} is on a filesystem without file locks "
+                    f"({lock.unsupported}): nothing stops a second run from writing into it"
+                )
             if lock.stale:
                 log.log(f"took over the lock of {describe(lock.stale)}: it is no longer running")
-            removed = sweep_run_dir(out)
+            removed = [] if lock.unsupported else sweep_run_dir(out)  # unlocked: not safe
             if removed:
                 names = ", ".join(p.name for p in removed[:3]) + (" …" if len(removed) > 3 else "")
                 log.log(f"removed {len(removed)} leftovers of killed runs in {out}: {names}")
