@@ -71,9 +71,13 @@ def claim_run_dir(
             chosen = _pick_resume(out, log) if resume else _refuse_existing(out)
         except UserError as exc:
             error = str(exc)
+        except BaseException:  # a bug or an interrupt: never keep the lock past this call
             if lock is not None:
                 lock.release()
-                lock = None
+            raise
+        if error and lock is not None:
+            lock.release()
+            lock = None
     error, chosen = runtime.from_main((error, chosen))
     runtime.check_all(error)
     if chosen is None:
