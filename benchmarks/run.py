@@ -1,6 +1,7 @@
 """bertcli benchmarks: every figure is a ratio against a reference run in the same process.
 
-    python benchmarks/run.py [--device cpu|cuda] [--json OUT] [--only step,e2e,preprocess,tokenizer,cuda]
+    python benchmarks/run.py [--device cpu|cuda] [--json OUT]
+        [--only step,e2e,preprocess,tokenizer,unpad,compile,cuda]
 
 1. step: one training step (forward + backward + AdamW) of bertcli's model vs
    transformers.BertForPreTraining on the same config and batch (16 x 128, 15% masked, some
@@ -9,7 +10,14 @@
 3. preprocess: WikiText-2 train wall time over bare `encode_batch` of the same lines; peak RSS of
    preprocess at 1x and 4x the corpus (separate processes).
 4. tokenizer: training a 30k WordPiece vocabulary, ours vs tokenizers' trainer called bare.
-5. cuda: tokens/s and model FLOPs utilisation for base and large at seq 128 and 512 (bf16).
+5. unpad: training steps on real shards of WikiText-2 train (preprocessed here at seq 128 / 20
+   predictions and seq 512 / 80), small preset: the unpadded, static-head path vs the old padded
+   path (`unpad_tokens = False` and the boolean-selected sparse head), alternated over the same
+   batches; real tokens per second of each.
+6. compile: tiny preset, seq-128 shards: `torch.compile` (padded, static shapes) vs eager
+   (unpadded), after warm-up, alternated; graph breaks of the compiled step.
+7. cuda: tokens/s and model FLOPs utilisation for base and large at seq 128 and 512 (bf16),
+   against the dense bf16 peak of `bertcli.train.mfu`'s table (None on other GPUs).
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -31,8 +40,6 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 WIKITEXT2 = SHARED / "wikitext-2"
 VOCAB = SHARED / "vocab" / "bert-base-uncased.txt"
-# dense bf16 peak (TFLOP/s) by device name fragment, from the vendors' data sheets
-PEAKS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L4": 121.0, "A10": 125.0}
 
 
 def make_batch(batch: int, seq: int, vocab: int, device, seed: int = 0):
@@ -57,6 +64,16 @@ def make_batch(batch: int, seq: int, vocab: int, device, seed: int = 0):
 
 
 def ours_step(model, opt, b, autocast):
+    """The trainer's step: positions head, unpadding record made from the CPU batch (as the
+    data side does, once per batch: cached in `b`)."""
+    from bertcli.model import masked_positions
+    from bertcli.unpad import Unpadding
+
+    if "record" not in b:
+        device = b["input_ids"].device
+        record = Unpadding.from_mask(b["attention_mask"].cpu())
+        b["record"] = None if record.dense else record.to(device)
+        b["positions"] = masked_positions(b["labels"].cpu()).to(device)
     with autocast():
         out = model(
             b["input_ids"],
@@ -64,6 +81,8 @@ def ours_step(model, opt, b, autocast):
             b["attention_mask"],
             masked_lm_labels=b["labels"],
             next_sentence_labels=b["nsp"],
+            masked_lm_positions=b["positions"],
+            unpadding=b["record"],
         )
     out.loss.backward()
     opt.step()
@@ -180,6 +199,175 @@ def bench_e2e(preset: str, device, steps: int, bare_tokens_per_s: float):
     }
 
 
+def make_shards(seq: int, max_pred: int, out: Path) -> Path:
+    """WikiText-2 train as DLE shards at `seq` tokens / `max_pred` predictions (dupe factor 1)."""
+    from bertcli.preprocess import PreprocessConfig, preprocess
+    from bertcli.tokenizer import tokenizer_from_vocab
+
+    if not out.is_dir():
+        config = PreprocessConfig(
+            [WIKITEXT2 / "train.txt"],
+            out,
+            max_seq_length=seq,
+            max_predictions_per_seq=max_pred,
+            dupe_factor=1,
+        )
+        preprocess(config, tokenizer_from_vocab(VOCAB))
+    return out
+
+
+def padded_step(model, opt, b):
+    """The old path: padded layout everywhere, MLM head on boolean-selected positions."""
+    model.bert.unpad_tokens = False
+    out = model(
+        b["input_ids"],
+        b["token_type_ids"],
+        b["attention_mask"],
+        masked_lm_labels=b["masked_lm_labels"],
+        next_sentence_labels=b["next_sentence_labels"],
+    )
+    out.loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+
+def unpadded_step(model, opt, b, device):
+    """Today's trainer path: unpadding record from the CPU batch, static (B, P) head."""
+    from bertcli.unpad import Unpadding
+
+    model.bert.unpad_tokens = True
+    record = Unpadding.from_mask(b["attention_mask"])
+    moved = {k: v.to(device) for k, v in b.items()}
+    out = model(
+        moved["input_ids"],
+        moved["token_type_ids"],
+        moved["attention_mask"],
+        masked_lm_labels=moved["masked_lm_labels"],
+        next_sentence_labels=moved["next_sentence_labels"],
+        masked_lm_positions=moved["masked_lm_positions"],
+        unpadding=None if record.dense else record.to(device),
+    )
+    out.loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+
+def shard_batches(shards: Path, batch: int, count: int):
+    """`count` batches in the training order of epoch 0, and the padding share of all data."""
+    from bertcli.data.datasets import PreprocessedDataset, collate
+
+    data = PreprocessedDataset(shards)
+    real = sum(int(data[i]["attention_mask"].sum()) for i in range(len(data)))
+    padding = 1.0 - real / (len(data) * data.max_seq_length)
+    order = data.order(0)
+    batches = [
+        collate([data[int(i)] for i in order[j * batch : (j + 1) * batch]]) for j in range(count)
+    ]
+    return batches, padding
+
+
+def bench_unpad(preset: str, seq: int, max_pred: int, batch: int, repeats: int, tmp: Path):
+    """Unpadded + static head vs the old padded path, alternated over the same real batches."""
+    from bertcli.config import BertConfig
+    from bertcli.model import BertForPreTraining
+
+    device = torch.device("cpu")
+    shards = make_shards(seq, max_pred, tmp / f"shards{seq}")
+    batches, padding = shard_batches(shards, batch, repeats)
+    torch.manual_seed(0)
+    model = BertForPreTraining(BertConfig.from_preset(preset))  # dropout 0.1, as trained
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    unpadded_step(model, opt, batches[0], device)  # warm up both
+    padded_step(model, opt, batches[0])
+    new_s = old_s = 0.0
+    for j, b in enumerate(batches):
+        runs = [("new", partial(unpadded_step, model, opt, b, device))]
+        runs.append(("old", partial(padded_step, model, opt, b)))
+        for name, fn in runs if j % 2 == 0 else runs[::-1]:  # alternate who goes first
+            t = timed(fn, device)
+            if name == "new":
+                new_s += t
+            else:
+                old_s += t
+    tokens = sum(int(b["attention_mask"].sum()) for b in batches)
+    return {
+        "preset": preset,
+        "batch": f"{batch}x{seq}",
+        "max_predictions": max_pred,
+        "padding": padding,
+        "unpadded_tokens_per_s": tokens / new_s,
+        "padded_tokens_per_s": tokens / old_s,
+        "speedup": old_s / new_s,
+        "steps": len(batches),
+    }
+
+
+def bench_compile(repeats: int, tmp: Path, batch: int = 32):
+    """tiny preset, seq-128 shards: torch.compile (padded, static) vs eager (unpadded)."""
+    import copy
+
+    from bertcli.config import BertConfig
+    from bertcli.model import BertForPreTraining
+
+    device = torch.device("cpu")
+    batches, _ = shard_batches(make_shards(128, 20, tmp / "shards128"), batch, repeats)
+    torch.manual_seed(0)
+    eager = BertForPreTraining(BertConfig.from_preset("tiny"))
+    compiled_model = copy.deepcopy(eager)
+    compiled = torch.compile(compiled_model)
+    opt_e = torch.optim.AdamW(eager.parameters(), lr=1e-5)
+    opt_c = torch.optim.AdamW(compiled_model.parameters(), lr=1e-5)
+
+    def compiled_step(b):
+        out = compiled(
+            b["input_ids"],
+            b["token_type_ids"],
+            b["attention_mask"],
+            masked_lm_labels=b["masked_lm_labels"],
+            next_sentence_labels=b["next_sentence_labels"],
+            masked_lm_positions=b["masked_lm_positions"],
+        )
+        out.loss.backward()
+        opt_c.step()
+        opt_c.zero_grad(set_to_none=True)
+
+    t = time.perf_counter()
+    compiled_step(batches[0])
+    compile_s = time.perf_counter() - t
+    for b in batches[:2]:  # warm up both (the backward graph compiles on first use too)
+        compiled_step(b)
+        unpadded_step(eager, opt_e, b, device)
+    eager_s = comp_s = 0.0
+    for j, b in enumerate(batches):
+        comp = partial(compiled_step, b)
+        eag = partial(unpadded_step, eager, opt_e, b, device)
+        if j % 2:
+            comp_s += timed(comp, device)
+            eager_s += timed(eag, device)
+        else:
+            eager_s += timed(eag, device)
+            comp_s += timed(comp, device)
+    b = batches[0]
+    explanation = torch._dynamo.explain(compiled_model)(
+        b["input_ids"],
+        b["token_type_ids"],
+        b["attention_mask"],
+        masked_lm_labels=b["masked_lm_labels"],
+        next_sentence_labels=b["next_sentence_labels"],
+        masked_lm_positions=b["masked_lm_positions"],
+    )
+    tokens = sum(int(b["attention_mask"].sum()) for b in batches)
+    return {
+        "preset": "tiny",
+        "batch": f"{batch}x128",
+        "eager_tokens_per_s": tokens / eager_s,
+        "compiled_tokens_per_s": tokens / comp_s,
+        "ratio": eager_s / comp_s,
+        "first_compile_s": compile_s,
+        "graph_breaks": explanation.graph_break_count,
+    }
+
+
 RSS_SCRIPT = """
 import resource, sys
 from pathlib import Path
@@ -265,8 +453,10 @@ def bench_tokenizer():
 
 def bench_cuda(repeats: int):
     """bf16 tokens/s and MFU for base/large at seq 128/512 (our model alone, fused AdamW)."""
+    from bertcli.train.mfu import peak_tflops
+
     name = torch.cuda.get_device_name()
-    peak = next((v for k, v in PEAKS.items() if k in name), None)
+    peak = peak_tflops(name)
     results = []
     for preset, seq, batch in (
         ("base", 128, 256),
@@ -318,8 +508,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", type=Path, help="write the results here")
-    parser.add_argument("--only", default="step,e2e,preprocess,tokenizer,cuda")
+    parser.add_argument("--only", default="step,e2e,preprocess,tokenizer,unpad,compile,cuda")
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument(
+        "--work-dir", type=Path, help="keep the WikiText-2 shards here between runs (default: temp)"
+    )
     args = parser.parse_args()
     device = torch.device(args.device)
     only = set(args.only.split(","))
@@ -344,6 +537,16 @@ def main() -> None:
         results["preprocess"] = bench_preprocess(os.cpu_count() or 1)
     if "tokenizer" in only:
         results["tokenizer"] = bench_tokenizer()
+    if ("unpad" in only or "compile" in only) and device.type == "cpu":
+        with tempfile.TemporaryDirectory() as tmp:
+            work = args.work_dir or Path(tmp)
+            if "unpad" in only:
+                results["unpad"] = [
+                    bench_unpad("small", 512, 80, 8, args.repeats, work),
+                    bench_unpad("small", 128, 20, 32, args.repeats, work),
+                ]
+            if "compile" in only:
+                results["compile"] = bench_compile(args.repeats, work)
     if "cuda" in only and device.type == "cuda":
         results["cuda"] = bench_cuda(args.repeats)
     print_table(results)
@@ -386,6 +589,20 @@ def print_table(results: dict) -> None:
             "tokenizer 30k WordPiece",
             "overhead vs bare trainer",
             f"{100 * r['overhead']:+.1f}% ({r['ours_s']:.1f} vs {r['bare_trainer_s']:.1f} s)",
+        )
+    for r in results.get("unpad", []):
+        table.add_row(
+            f"unpad {r['preset']} {r['batch']} ({100 * r['padding']:.1f}% padding)",
+            "tokens/s over the old padded path",
+            f"{r['speedup']:.2f}x ({r['unpadded_tokens_per_s']:.0f} vs "
+            f"{r['padded_tokens_per_s']:.0f})",
+        )
+    if "compile" in results:
+        r = results["compile"]
+        table.add_row(
+            f"compile tiny {r['batch']}",
+            "tokens/s compiled over eager",
+            f"{r['ratio']:.2f}x ({r['graph_breaks']} graph breaks)",
         )
     for r in results.get("cuda", []):
         mfu = f"{100 * r['mfu']:.1f}% MFU" if r["mfu"] else "peak unknown"
