@@ -567,6 +567,8 @@ class Trainer:
                             "lr": lr,
                             "tok/s": round(last_row["tokens_per_s"]),
                         }
+                        if last_row["mfu"] is not None:  # known GPUs only
+                            fields["mfu"] = f"{100 * last_row['mfu']:.1f}%"
                     self.reporter.advance(1, **fields)
                     if last_row.get("step") == self.step:  # off a terminal: one plain line
                         self.reporter.status(
@@ -575,6 +577,7 @@ class Trainer:
                             nsp_loss=last_row["nsp_loss"],
                             lr=lr,
                             **{"tok/s": round(last_row["tokens_per_s"])},
+                            **({"mfu": fields["mfu"]} if "mfu" in fields else {}),
                         )
                     if cfg.eval_every and self.step % cfg.eval_every == 0:
                         last_eval = self._evaluate()
