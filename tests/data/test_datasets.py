@@ -121,12 +121,17 @@ def test_a_changed_corpus_is_tokenized_again(tok, tmp_path, counted):
     counted.clear()
     after = TextDataset([path], tok, max_seq_length=32, cache_dir=cache, nsp=False)
     assert counted, "a changed file must be re-tokenized"
-    assert len(list(cache.glob("tokens-*"))) == 2
     assert not np.array_equal(before.corpus.tokens, after.corpus.tokens)
+    assert [after.store_dir] == list(cache.glob("tokens-*"))  # the stale store is gone
+    other = tmp_path / "other.txt"
+    other.write_text(text)
+    TextDataset([other], tok, max_seq_length=32, cache_dir=cache, nsp=False)
     path.write_text(changed + "one more line .\n")  # and a grown one
     counted.clear()
-    TextDataset([path], tok, max_seq_length=32, cache_dir=cache, nsp=False)
-    assert counted and len(list(cache.glob("tokens-*"))) == 3
+    grown = TextDataset([path], tok, max_seq_length=32, cache_dir=cache, nsp=False)
+    assert counted and grown.store_dir != after.store_dir
+    # another corpus's store stays
+    assert len(list(cache.glob("tokens-*"))) == 2 and not after.store_dir.exists()
 
 
 def test_store_matches_the_tokenizer_and_is_mapped(tok, corpus, tmp_path):

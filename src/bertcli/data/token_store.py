@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bertcli.atomic import atomic_directory
+from bertcli.atomic import atomic_directory, remove_tree
 from bertcli.console import Reporter
 from bertcli.data.corpus import CorpusStats, read_documents
 from bertcli.data.examples import Corpus, is_short_document
@@ -212,6 +212,7 @@ def build_store(
                 "version": STORE_VERSION,
                 "files": [str(p) for p in files],
                 "input_format": input_format,
+                "source": _source_id(files, tokenizer, input_format),
                 "stats": asdict(result),
             }
             (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
@@ -269,6 +270,31 @@ class TokenStore:
         return Corpus(self.tokens, self.sent_start, self.doc_start)
 
 
+def _source_id(files: list[Path], tokenizer, input_format: str) -> str:
+    """What a store was built from, minus the files' contents: equal for a changed corpus."""
+    digest = hashlib.sha256(tokenizer.tokenizer.to_str().encode())
+    digest.update(json.dumps([input_format, [str(p.resolve()) for p in files]]).encode())
+    return digest.hexdigest()[:24]
+
+
+def remove_stale(path: Path, files: list[Path], tokenizer, input_format: str) -> list[Path]:
+    """Delete the other stores in `path`'s cache built from the same files (since changed):
+    a 20 GB corpus edited once must not leave a 10 GB store behind."""
+    source = _source_id(files, tokenizer, input_format)
+    removed = []
+    for other in sorted(path.parent.glob("tokens-*")):
+        if other == path or not other.is_dir():
+            continue
+        try:
+            stale = json.loads((other / "meta.json").read_text()).get("source") == source
+        except (OSError, ValueError):
+            continue
+        if stale:
+            remove_tree(other)
+            removed.append(other)
+    return removed
+
+
 def store_path(files: list[Path], tokenizer, input_format: str, cache_dir: Path) -> Path:
     """Where the store for these files, tokenizer and format lives under `cache_dir`."""
     return Path(cache_dir) / f"tokens-{corpus_cache_key(files, tokenizer, input_format)}"
@@ -288,4 +314,5 @@ def open_or_build(
         except (OSError, ValueError, KeyError, TypeError):
             pass  # damaged (or an older version): rebuilt below, replacing it atomically
     build_store(files, tokenizer, input_format, path, reporter)
+    remove_stale(path, files, tokenizer, input_format)
     return TokenStore.open(path)
