@@ -294,3 +294,16 @@ def test_a_huge_line_is_refused(tok, tmp_path, monkeypatch):
     path.write_bytes(b"word " * (300_000))  # 1.5 MB, no newline
     with pytest.raises(UserError, match="longer than 1 MiB"):
         TextDataset([path], tok, cache_dir=tmp_path / "cache")
+
+
+def test_a_rank_that_cannot_see_rank_zeros_store_stops_in_one_line(tok, corpus, tmp_path, counted):
+    # under torchrun only rank 0 builds; the others open (build=False) and never tokenize
+    with pytest.raises(UserError, match="rank 0 wrote: the run directory .* shared"):
+        TextDataset([corpus], tok, cache_dir=tmp_path / "not-shared", build=False)
+    assert counted == []
+    built = TextDataset([corpus], tok, max_seq_length=64, cache_dir=tmp_path / "shared")
+    counted.clear()
+    other = TextDataset(
+        [corpus], tok, max_seq_length=64, cache_dir=tmp_path / "shared", build=False
+    )
+    assert counted == [] and np.array_equal(other[1]["input_ids"], built[1]["input_ids"])
