@@ -222,3 +222,30 @@ def test_blended_pretrain_resumes_exactly(
     ]
     per_epoch = [s["examples_per_epoch"] for s in sources]
     assert sum(per_epoch) == sum(sizes) and abs(per_epoch[0] - sum(sizes) / 4) <= 0.5
+
+
+def test_evaluate_reads_every_example_of_each_directory(invoke, tmp_path):
+    """`evaluate --data-preprocessed A --data-preprocessed B` sums exactly A's and B's counts and
+    averages their losses by those counts."""
+    from bertcli.config import BertConfig
+    from bertcli.model import BertForPreTraining
+
+    cfg = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+    BertForPreTraining(BertConfig(vocab_size=1000, **cfg)).save_pretrained(tmp_path / "ckpt")
+    a = make_dir(tmp_path / "a", 0, [5, 4])
+    b = make_dir(tmp_path / "b", 0, [6], pred=5)
+
+    def evaluate(*dirs):
+        args = ["evaluate", "--checkpoint", tmp_path / "ckpt", "--batch-size", "4", "--json"]
+        for d in dirs:
+            args += ["--data-preprocessed", d]
+        result = invoke(*args)
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout)
+
+    alone_a, alone_b, both = evaluate(a), evaluate(b), evaluate(a, b)
+    assert both["num_sequences"] == alone_a["num_sequences"] + alone_b["num_sequences"] == 15
+    masked = [r["num_masked_tokens"] for r in (alone_a, alone_b)]
+    assert both["num_masked_tokens"] == sum(masked)
+    mean = (alone_a["mlm_loss"] * masked[0] + alone_b["mlm_loss"] * masked[1]) / sum(masked)
+    assert both["mlm_loss"] == pytest.approx(mean, rel=1e-5)
