@@ -252,7 +252,10 @@ def build_tokenizer(
         if stats.invalid_utf8_lines:
             reporter.log(f"warning: {stats.invalid_utf8_lines} lines had invalid UTF-8 (replaced)")
         if stats.bad_json_lines:
-            reporter.log(f"warning: skipped {stats.bad_json_lines} JSON lines without a text field")
+            reporter.log(
+                f"warning: skipped {stats.bad_json_lines} lines that are not a JSON object with a "
+                'string "text" field'
+            )
     _report(summary, json_output, f"wrote {tok.kind} tokenizer ({tok.vocab_size} tokens) to {out}")
 
 
@@ -486,10 +489,19 @@ def preprocess(
     result = run_preprocess(config, tok, reporter)
     if result.skipped_documents:
         reporter.log(f"skipped {result.skipped_documents} documents too short to pair")
+    if result.long_sentences:
+        reporter.log(
+            f"warning: {result.long_sentences} sentences are longer than --max-seq-length - 3 "
+            f"tokens; truncation drops at least {result.long_sentence_tokens_dropped} of their "
+            "tokens (as google-research/bert does; pretrain --data-text splits them instead)"
+        )
     if result.invalid_utf8_lines:
         reporter.log(f"warning: {result.invalid_utf8_lines} lines had invalid UTF-8 (replaced)")
     if result.bad_json_lines:
-        reporter.log(f"warning: skipped {result.bad_json_lines} JSON lines without a text field")
+        reporter.log(
+            f"warning: skipped {result.bad_json_lines} lines that are not a JSON object with a "
+            'string "text" field'
+        )
     _report(
         asdict(result),
         json_output,

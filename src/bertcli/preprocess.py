@@ -115,6 +115,8 @@ class PreprocessResult:
     eval_examples: int = 0
     documents: int = 0
     skipped_documents: int = 0
+    long_sentences: int = 0  # longer than max_seq_length - 3: truncated, as google's code does
+    long_sentence_tokens_dropped: int = 0  # at least this many of their tokens (per pass)
     sentences: int = 0
     tokens: int = 0
     invalid_utf8_lines: int = 0
@@ -168,7 +170,7 @@ def _exit_with_parent(parent: int, poll_seconds: float = 1.0) -> None:
     threading.Thread(target=watch, name="bertcli-parent-watch", daemon=True).start()
 
 
-def _process_block(args: tuple[str, int, list[list[str]]]) -> tuple[dict, int, int, int]:
+def _process_block(args: tuple[str, int, list[list[str]]]) -> tuple:
     namespace, block, documents = args
     return make_block_examples(
         _WORKER["tokenizer"], documents, _WORKER["spec"], _WORKER["config"], namespace, block
@@ -182,8 +184,9 @@ def make_block_examples(
     config: PreprocessConfig,
     namespace: str,
     block: int,
-) -> tuple[dict, int, int, int]:
-    """Tokenize a block and build its examples: (arrays, skipped docs, tokens, random-next)."""
+) -> tuple[dict, int, int, int, tuple[int, int]]:
+    """Tokenize a block and build its examples: (arrays, skipped docs, tokens, random-next,
+    (sentences longer than a segment, their tokens that no example can hold))."""
     sentences = [s for doc in documents for s in doc]
     encoded = tokenizer.encode_batch(sentences, add_special_tokens=False)
     tokenized: list[list[list[int]]] = []
@@ -201,7 +204,8 @@ def make_block_examples(
     rng = random.Random(f"{config.seed}:{namespace}:{block}")
     if not config.nsp:
         corpus = Corpus.from_documents(tokenized)
-        return _packed_arrays(corpus, config, spec, rng), skipped, len(corpus.tokens), 0
+        arrays = _packed_arrays(corpus, config, spec, rng)
+        return arrays, skipped, len(corpus.tokens), 0, (0, 0)  # packing cuts no sentence
     rng.shuffle(tokenized)
     corpus = Corpus.from_documents(tokenized)
     instances: list[tuple] = []
@@ -220,7 +224,11 @@ def make_block_examples(
     for row, instance in enumerate(instances):
         _fill_row(arrays, row, *instance)
     random_next = int(arrays["next_sentence_labels"].sum())
-    return arrays, skipped, len(corpus.tokens), random_next
+    # google's algorithm truncates a sentence longer than a segment (pretrain --data-text splits
+    # it instead); shards stay reference-exact, and what truncation must drop is counted
+    lengths = np.diff(corpus.sent_start)
+    over = lengths[lengths > config.max_seq_length - 3] - (config.max_seq_length - 3)
+    return arrays, skipped, len(corpus.tokens), random_next, (len(over), int(over.sum()))
 
 
 def _packed_arrays(corpus: Corpus, config: PreprocessConfig, spec: MaskingSpec, rng):
@@ -363,9 +371,11 @@ def _run(config, tokenizer, spec, files, directory: Path, reporter: Reporter) ->
     seen_bytes = 0
     random_next = 0
 
-    def collect(namespace: str, outcome: tuple[dict, int, int, int]) -> None:
+    def collect(namespace: str, outcome: tuple) -> None:
         nonlocal seen_bytes, random_next
-        arrays, skipped, tokens, rnd = outcome
+        arrays, skipped, tokens, rnd, (long_sentences, cut) = outcome
+        result.long_sentences += long_sentences
+        result.long_sentence_tokens_dropped += cut
         writers[namespace].add(arrays)
         result.skipped_documents += skipped
         result.tokens += tokens

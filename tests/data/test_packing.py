@@ -77,3 +77,19 @@ def test_pretrain_text_no_nsp_trains_on_packed_text(invoke, tmp_path):
     (store,) = (out / "cache").glob("tokens-*")
     assert (store / "stream_start.npy").is_file() and (store / "meta.json").is_file()
     assert np.load(store / "tokens.npy", mmap_mode="r").shape[0] > 5000
+
+
+def test_preprocess_counts_what_truncation_drops(tok, tmp_path):
+    """Shards stay google-exact (a sentence longer than a segment is truncated); the loss is
+    counted. Packing cuts no sentence, so it reports none."""
+    long = " ".join(["word7"] * 150)
+    short = "the cat sat on the mat .\nit was warm ."
+    (tmp_path / "c.txt").write_text(f"{short}\n{long}\n\n{short}\n\n{short}\n{long}\n")
+    length = len(tok.encode_batch([long])[0])
+    assert length == 300
+    for nsp, expected in ((True, (2, 2 * (length - 61))), (False, (0, 0))):
+        config = PreprocessConfig(
+            [tmp_path / "c.txt"], tmp_path / f"o{nsp}", 64, workers=1, nsp=nsp
+        )
+        result = preprocess(config, tok)
+        assert (result.long_sentences, result.long_sentence_tokens_dropped) == expected
