@@ -238,3 +238,20 @@ def _alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def test_cli_jsonl_with_bom_keeps_every_record(invoke, tmp_path):
+    """Issue 14: a BOM lost the first record and blamed a missing text field; now every record is
+    read, and a truly bad line is reported for what it is."""
+    records = [
+        json.dumps({"text": f"Record {i} says hello. It has a second sentence too."})
+        for i in range(30)
+    ]
+    body = "\n".join(records[:10] + ["{not json"] + records[10:]) + "\n"
+    (tmp_path / "c.jsonl").write_bytes(b"\xef\xbb\xbf" + body.encode())
+    vocab = require(VOCAB_DIR / "bert-base-uncased.txt")
+    args = ["--input", tmp_path / "c.jsonl", "--vocab-file", vocab, "--max-seq-length", "32"]
+    result = invoke("preprocess", *args, "--out", tmp_path / "o", "--dupe-factor", "1", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["documents"] == 30
+    assert "skipped 1 lines that are not a JSON object" in result.stderr
