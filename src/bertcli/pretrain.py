@@ -27,7 +27,7 @@ from bertcli.config import BertConfig
 from bertcli.console import Reporter
 from bertcli.data.blend import describe_sources, open_shard_data
 from bertcli.data.datasets import TextDataset
-from bertcli.errors import UserError
+from bertcli.errors import UserError, writing
 from bertcli.evaluate import check_positions, check_vocab
 from bertcli.hf import is_checkpoint_dir, load_config, load_pretrained
 from bertcli.hub import cached_model, fetch_model, is_model_name, known_names
@@ -263,7 +263,8 @@ def run_pretraining(
     runtime = runtime or init_runtime(config.device, config.precision)
     log = reporter if (reporter is not None and runtime.is_main) else Reporter()
     try:
-        with contextlib.ExitStack() as cleanup:  # the run dir's lock, released on any exit
+        # a full disk anywhere in the run (metrics, cache, run.json) names at least the run dir
+        with writing(config.out or "outputs"), contextlib.ExitStack() as cleanup:
             return _run(config, runtime, log, cleanup)
     finally:
         gc.collect()  # DDP's reducer must go before its process group (gloo aborts otherwise)
@@ -298,12 +299,14 @@ def _text_data(runtime: Runtime, files, tokenizer, flag: str, log: Reporter, opt
         except BaseException:
             store.set(key, "failed")
             raise
-        store.set(key, "ok")
+        store.set(key, f"ok:{data.store_dir.resolve()}")
         return _report_skips(data, log)
     store.wait([key], timedelta(days=30))
-    if store.get(key) != b"ok":
+    answer = store.get(key).decode()
+    if not answer.startswith("ok:"):
         raise UserError(f"{flag}: rank 0 failed to tokenize the corpus (its error says why)")
-    return TextDataset(files, tokenizer, flag=flag, build=False, **options)
+    # rank 0's store by its path: no rank hashes the corpus files again
+    return TextDataset(files, tokenizer, flag=flag, store_dir=answer[3:], **options)
 
 
 def _run(

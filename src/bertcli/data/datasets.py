@@ -170,6 +170,7 @@ class TextDataset(torch.utils.data.Dataset):
         reporter: Reporter | None = None,
         nsp: bool = True,
         build: bool = True,
+        store_dir: str | Path | None = None,
     ):
         paths = check_input_files(files, flag)
         self.max_seq_length = max_seq_length
@@ -184,11 +185,13 @@ class TextDataset(torch.utils.data.Dataset):
             cache_dir = tempfile.mkdtemp(prefix="bertcli-tokens-")
             weakref.finalize(self, shutil.rmtree, cache_dir, True)
         # the reporter is used while loading only: it must not travel to DataLoader workers
-        path = store_path(paths, tokenizer, input_format, Path(cache_dir))
-        if build:
+        if store_dir is not None:  # another process built it (torchrun: rank 0)
+            store = _open_shared(Path(store_dir))
+        elif build:
+            path = store_path(paths, tokenizer, input_format, Path(cache_dir))
             store = open_or_build(paths, tokenizer, input_format, path, reporter)
         else:
-            store = _open_shared(path)
+            store = _open_shared(store_path(paths, tokenizer, input_format, Path(cache_dir)))
         self._attach(store)
         self.stats = store.stats
         if store.stats.documents == 0 or len(store.tokens) < 2:

@@ -18,10 +18,10 @@ under the final name. Opening uses `np.load(mmap_mode="r")`: all the processes o
 the same page-cache pages, and only the pages an epoch touches are read.
 
 The cache key (`corpus_cache_key`) hashes the tokenizer, the input format, a version, and for
-every file its resolved path, size, `mtime_ns` and the sha256 of its first and last MiB. That is
-cheap at any corpus size and catches every ordinary change (an edit changes the size or the
-mtime; a copy over the file changes the mtime). The residual risk: an edit that keeps the size,
-leaves the first and last MiB alone and restores the old mtime (e.g. `touch -d`) is not seen;
+every file its resolved path, size, `mtime_ns` and the sha256 of its first and last 64 KiB.
+That is cheap at any corpus size and catches every ordinary change (an edit changes the size or
+the mtime; a copy over the file changes the mtime). The residual risk: an edit that keeps the size,
+leaves the first and last 64 KiB alone and restores the old mtime (e.g. `touch -d`) is not seen;
 delete `cache/` (or pass a new `--out`) after such surgery.
 """
 
@@ -49,7 +49,9 @@ BATCH_CHARS = 1 << 20
 # A longer "sentence" is tokenized in pieces cut at spaces: the Rust tokenizer holds ~100 bytes
 # per token of a string at once. Word-level pre-tokenizers give the same ids either way.
 PIECE_CHARS = 1 << 16
-_HEAD_TAIL = 1 << 20
+# Hashed at both ends of every file: small, as a corpus of many 1 MB parts (WikiExtractor's)
+# would otherwise be read whole just to compute the key.
+_HEAD_TAIL = 1 << 16
 _NPY_HEADER = 128  # fixed, so the header can be written before the length is known
 
 ARRAYS = ("tokens", "sent_start", "doc_start", "stream_start", "block_start")
@@ -71,7 +73,7 @@ class StoreStats:
 
 def corpus_cache_key(files: list[Path], tokenizer, input_format: str) -> str:
     """Cheap, change-detecting key: tokenizer, format, and each file's path, size, mtime_ns and
-    the sha256 of its first and last MiB (see the module docstring for the residual risk)."""
+    the sha256 of its first and last 64 KiB (see the module docstring for the residual risk)."""
     digest = hashlib.sha256()
     digest.update(f"v{STORE_VERSION}:{BLOCK_TOKENS}:{input_format}\0".encode())
     digest.update(tokenizer.tokenizer.to_str().encode())
