@@ -134,6 +134,14 @@ class BlendedDataset(torch.utils.data.Dataset):
             data.max_predictions = self.max_predictions
         total = int(self.offsets[-1])
         self.counts = self.sizes.copy() if weights is None else apportion(total, weights)
+        # the trainer asks for an epoch's order more than once (steps per epoch, then batches);
+        # shuffling 10M labels takes seconds, so the latest one is kept
+        self._order: tuple[int, np.ndarray] | None = None
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_order"] = None  # DataLoader workers do not need it
+        return state
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
@@ -162,13 +170,16 @@ class BlendedDataset(torch.utils.data.Dataset):
         """This epoch's indices (see the module docstring); unshuffled: every example once."""
         if not shuffle:
             return np.arange(len(self))
+        if self._order is not None and self._order[0] == epoch:
+            return self._order[1].copy()
         labels = np.random.default_rng([self.seed, epoch]).permutation(
             np.repeat(np.arange(len(self.datasets)), self.counts)
         )
         out = np.empty(len(labels), dtype=np.int64)
         for d in range(len(self.datasets)):
             out[labels == d] = self.offsets[d] + self.draws(d, epoch)
-        return out
+        self._order = (epoch, out)
+        return out.copy()
 
     def describe(self) -> list[dict]:
         """What `run.json` records: each directory, its weight, size and examples per epoch."""
