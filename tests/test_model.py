@@ -415,3 +415,39 @@ def test_forward_and_loss_have_no_graph_breaks():
     explanation = torch._dynamo.explain(step)(ids, types, mask, labels, nsp, positions)
     assert explanation.graph_break_count == 0, explanation.break_reasons
     assert explanation.graph_count == 1
+
+
+def reference_varlen(qkv, cu_seqlens, max_seqlen, dropout_p=0.0):
+    """flash_attn_varlen_qkvpacked_func's contract, written out: (nnz, 3, nh, hs) packed
+    sequences delimited by cu_seqlens -> (nnz, nh, hs), softmax(q k^T / sqrt(hs)) v each."""
+    assert dropout_p == 0.0 and cu_seqlens.dtype == torch.int32
+    out = torch.empty_like(qkv[:, 0])
+    bounds = cu_seqlens.tolist()
+    assert max_seqlen == max(b - a for a, b in zip(bounds, bounds[1:]))
+    for start, end in zip(bounds, bounds[1:]):
+        q, k, v = qkv[start:end].float().unbind(1)  # each (n, nh, hs)
+        scores = torch.einsum("qhd,khd->hqk", q, k) / q.size(-1) ** 0.5
+        out[start:end] = torch.einsum("hqk,khd->qhd", scores.softmax(-1), v).to(out.dtype)
+    return out
+
+
+def test_varlen_attention_path_matches_sdpa_path():
+    """The flash-attn route (here through the written-out contract above, bf16 autocast on the
+    CPU) gives the SDPA route's logits: the unpadded layout is handed over correctly."""
+    from bertcli.unpad import Unpadding
+
+    torch.manual_seed(8)
+    model = BertForPreTraining(tiny_config()).eval()
+    ids, types, mask, labels, nsp = heavily_padded_batch(101)
+    record = Unpadding.from_mask(mask)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        sdpa = model(ids, types, mask, unpadding=record)
+        calls = []
+        model.use_flash_attention(lambda *a, **k: calls.append(1) or reference_varlen(*a, **k))
+        varlen = model(ids, types, mask, unpadding=record)
+        model.use_flash_attention(None)
+    assert len(calls) == 2  # one per layer: the varlen route was taken
+    valid = mask.bool()
+    diff = (varlen.mlm_logits.float() - sdpa.mlm_logits.float())[valid].abs().max()
+    assert diff < 0.05  # bf16 rounding; a mis-delimited sequence would be off by whole units
+    assert (varlen.nsp_logits.float() - sdpa.nsp_logits.float()).abs().max() < 0.05
