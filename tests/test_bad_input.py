@@ -568,7 +568,7 @@ def test_library_disk_errors_become_one_line(tmp_path, monkeypatch, files):
     assert not (tmp_path / "tok").exists()
 
 
-def test_os_errors_reaching_the_cli_are_one_line(invoke, tmp_path, monkeypatch):
+def test_os_errors_reaching_the_cli_are_one_line(invoke, files, tmp_path, monkeypatch):
     import errno
 
     from bertcli.config import BertConfig
@@ -585,6 +585,15 @@ def test_os_errors_reaching_the_cli_are_one_line(invoke, tmp_path, monkeypatch):
     monkeypatch.setattr(BertConfig, "save", raiser(errno.EACCES, "Permission denied"))
     line = _one_line(invoke("export-config", "--out", tmp_path / "c.json"), "Permission denied")
     assert line == f"error: Permission denied: {tmp_path / 'c.json'}"
+
+    def no_name(*args, **kwargs):  # a write's OSError often carries no file name
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.undo()  # BertConfig.save writes again
+    monkeypatch.setattr("bertcli.pretrain._write_run_json", no_name)
+    args = _filled(PT[:-1], files) + [tmp_path / "run"] + _filled(PT_ARGS, files)
+    line = _one_line(invoke(*args), FULL)
+    assert line.startswith(f"error: {FULL} {tmp_path / 'run'} (")  # the run dir, at least
 
 
 def test_dataloader_worker_errors_keep_their_line(invoke, files, tmp_path):
