@@ -124,7 +124,7 @@ def os_error(
     if isinstance(exc, OSError) and exc.errno in _WRITE_ERRNOS:
         where = exc.filename or path
         reason = exc.strerror or str(exc)
-        return UserError(f"cannot write {where}: {reason}" if where else reason)
+        return UserError(f"{reason}: {where}" if where else reason)  # as the CLI says others
     return None
 
 
