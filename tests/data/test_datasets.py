@@ -307,3 +307,28 @@ def test_a_rank_that_cannot_see_rank_zeros_store_stops_in_one_line(tok, corpus, 
         [corpus], tok, max_seq_length=64, cache_dir=tmp_path / "shared", build=False
     )
     assert counted == [] and np.array_equal(other[1]["input_ids"], built[1]["input_ids"])
+
+
+@pytest.mark.parametrize("case", ["huge line", "unwritable cache"])
+def test_pretrain_says_it_in_one_line(invoke, corpus, tmp_path, monkeypatch, case):
+    import bertcli.data.corpus as corpus_module
+
+    train, out = corpus, tmp_path / "run"
+    if case == "huge line":
+        monkeypatch.setattr(corpus_module, "MAX_LINE_BYTES", 1 << 20)
+        train = tmp_path / "one-line.txt"
+        train.write_bytes(b"word " * 300_000)
+        needle = "line 1 is longer than 1 MiB"
+    else:
+        out.mkdir()
+        (out / "cache").write_text("a file where the cache directory goes\n")
+        needle = "cannot write the token cache in"
+    result = invoke(
+        "pretrain", "--data-text", "--train-data", train, "--out", out, "--preset", "tiny",
+        "--vocab-file", require(VOCAB_DIR / "bert-base-uncased.txt"), "--max-steps", "1",
+        "--device", "cpu",
+    )  # fmt: skip
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], result.stderr
+    assert not list((out / "cache").glob("tokens-*")) if (out / "cache").is_dir() else True
