@@ -202,7 +202,7 @@ def test_killing_the_torchrun_launcher_stops_its_workers(corpus, tokenizer_dir, 
         assert time.monotonic() < deadline, "orphaned workers kept training"
         time.sleep(0.2)
     # they stopped cleanly: the lock is free, the newest checkpoint is whole, no debris
-    assert (out / LOCK_NAME).read_text() == ""
+    assert (out / LOCK_NAME).read_text() == "", (tmp_path / "log").read_text()[-3000:]
     assert verify_checkpoint(latest_checkpoint(out / "checkpoints")) is None
     assert debris(out) == []
 

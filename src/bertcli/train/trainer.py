@@ -162,8 +162,16 @@ class _StopFlag:
         signal.signal(signal.SIGINT, self.previous.get(signal.SIGINT, signal.default_int_handler))
 
     def __exit__(self, *exc):
+        # a stop under way keeps catching SIGTERM until fit() has saved (`restore`): torchrun,
+        # and PR_SET_PDEATHSIG from a multi-threaded launcher, can send it twice
+        if not self.requested or exc[0] is not None:
+            self.restore()
+
+    def restore(self) -> None:
+        """Put the previous signal handlers back."""
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
+        self.previous = {}
 
 
 class Trainer:
@@ -599,9 +607,12 @@ class Trainer:
         elif self.eval_data is not None and (not cfg.eval_every or self.step % cfg.eval_every):
             last_eval = self._evaluate()
         final = self.out / "checkpoints" / checkpoint_name(self.step)
-        # rank 0 decides: ranks that see different files must still all enter save()'s collective
-        if not runtime.from_main((final / STATE_FILE).exists()):
-            self.save()
+        try:
+            # rank 0 decides: ranks that see different files must all enter save()'s collective
+            if not runtime.from_main((final / STATE_FILE).exists()):
+                self.save()
+        finally:
+            stop.restore()
         if self.metrics:
             self.metrics.close()
         return {
