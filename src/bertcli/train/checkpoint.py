@@ -132,7 +132,9 @@ def incomplete_checkpoints(root: Path) -> list[Path]:
     if not root.is_dir():
         return []
     return sorted(
-        p for p in root.iterdir() if _NAME.match(p.name) and p.is_dir() and not (p / STATE_FILE).exists()
+        p
+        for p in root.iterdir()
+        if _NAME.match(p.name) and p.is_dir() and not (p / STATE_FILE).exists()
     )
 
 
@@ -141,9 +143,7 @@ def _check_safetensors(path: Path) -> None:
     with path.open("rb") as handle:
         (length,) = struct.unpack("<Q", handle.read(8))
         header = json.loads(handle.read(length))
-    end = max(
-        (v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0
-    )
+    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
     if path.stat().st_size != 8 + length + end:
         raise ValueError(f"{path.name} is {path.stat().st_size} bytes, expected {8 + length + end}")
 
