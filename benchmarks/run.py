@@ -542,8 +542,8 @@ def main() -> None:
             work = args.work_dir or Path(tmp)
             if "unpad" in only:
                 results["unpad"] = [
-                    bench_unpad("small", 512, 80, 8, args.repeats, work),
-                    bench_unpad("small", 128, 20, 32, args.repeats, work),
+                    bench_unpad("small", 512, 80, 4, args.repeats, work),
+                    bench_unpad("small", 128, 20, 16, args.repeats, work),
                 ]
             if "compile" in only:
                 results["compile"] = bench_compile(args.repeats, work)
