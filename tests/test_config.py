@@ -81,3 +81,48 @@ def test_load_rejects_other_model_types(tmp_path):
     (tmp_path / "bad.json").write_bytes(b"\xff\xfe\x00")
     with pytest.raises(UserError, match="not a JSON"):
         BertConfig.load(tmp_path / "bad.json")
+
+
+# ---- TrainConfig: the one source of the training options' defaults and help -----------------
+
+
+def test_pretrain_options_take_default_and_help_from_train_config():
+    """Every TrainConfig field on the CLI shows the dataclass default and help, so the two cannot
+    drift apart; the only field without an option is the library-only `tensorboard` switch."""
+    from dataclasses import fields
+    from enum import Enum
+
+    import typer
+
+    from bertcli.cli import app
+    from bertcli.config import TrainConfig
+
+    params = {p.name: p for p in typer.main.get_command(app).commands["pretrain"].params}
+    missing = []
+    for field in fields(TrainConfig):
+        if field.name not in params:
+            missing.append(field.name)
+            continue
+        param = params[field.name]
+        default = param.default.value if isinstance(param.default, Enum) else param.default
+        assert default == field.default, field.name
+        assert param.help == field.metadata["help"], field.name
+    assert missing == ["tensorboard"]
+
+
+def test_train_config_defaults_build_and_bad_values_name_the_flag():
+    from bertcli.config import OPTIMIZERS, TrainConfig
+    from bertcli.train.schedules import POLICIES
+
+    config = TrainConfig(max_steps=10)
+    assert config.optimizer in OPTIMIZERS and config.lr_policy in POLICIES
+    for kwargs, flag in [
+        ({"eps": 0.0}, "--eps"),
+        ({"lr_power": 0.0}, "--lr-power"),
+        ({"eval_batch_size": 0}, "--eval-batch-size"),
+        ({"optimizer": "adam"}, "--optimizer"),
+        ({"lr_policy": "linear"}, "--lr-policy"),
+        ({"warmup_ratio": 1.0}, "--warmup-ratio"),
+    ]:
+        with pytest.raises(UserError, match=flag):
+            TrainConfig(max_steps=10, **kwargs)

@@ -15,6 +15,7 @@ import typer
 from typer.core import TyperGroup
 
 from bertcli import __version__
+from bertcli.config import TrainConfig
 from bertcli.errors import UserError, unhandled_message, user_message
 
 try:  # recent typer vendors click
@@ -121,6 +122,17 @@ class Preset(str, Enum):
     medium = "medium"
     base = "base"
     large = "large"
+
+
+def _option(config: type, name: str, *param_decls: str, choices: type[Enum] | None = None) -> Any:
+    """A typer.Option whose default and help are the config dataclass field's: one source."""
+    from dataclasses import MISSING, fields
+
+    field = next(f for f in fields(config) if f.name == name)
+    default = None if field.default is MISSING else field.default
+    if choices is not None and default is not None:
+        default = choices(default)
+    return typer.Option(default, *param_decls, help=field.metadata["help"])
 
 
 def _model_overrides(**fields: Any) -> dict[str, Any]:
@@ -579,12 +591,7 @@ def pretrain(
         help="Phase 2: also carry the optimizer state and step count of this bertcli "
         "checkpoint or run dir (usually the --init-from one); the LR schedule starts anew.",
     ),
-    nsp: bool = typer.Option(
-        True,
-        "--nsp/--no-nsp",
-        help="Train next-sentence prediction. --no-nsp: MLM only; with --data-text the text is "
-        "packed into full sequences across document ends (RoBERTa FULL-SENTENCES).",
-    ),
+    nsp: bool = _option(TrainConfig, "nsp", "--nsp/--no-nsp"),
     max_seq_length: int = typer.Option(128, help="Tokens per example (text data)."),
     masked_lm_prob: float = typer.Option(0.15, help="Fraction of tokens to predict (text data)."),
     max_predictions_per_seq: int = typer.Option(20, help="Most predictions per example (text)."),
@@ -605,69 +612,44 @@ def pretrain(
         help="Dropout on attention probabilities, in [0, 1); e.g. 0.0 (default: the model "
         "config's, 0.1).",
     ),
-    optimizer: Optimizer = typer.Option(Optimizer.adamw, help="Optimizer."),
-    lr: float = typer.Option(1e-4, help="Peak learning rate."),
-    weight_decay: float = typer.Option(0.01, help="Weight decay (not on biases, LayerNorm)."),
-    beta1: float = typer.Option(0.9, help="First-moment decay (momentum for SGD)."),
-    beta2: float = typer.Option(0.999, help="Second-moment decay."),
-    eps: float = typer.Option(
-        1e-6, help="AdamW/LAMB epsilon added to the update's denominator, > 0; e.g. 1e-8."
-    ),
-    lr_policy: LRPolicy = typer.Option(LRPolicy.warmup_annealing, help="Learning-rate schedule."),
-    warmup_ratio: float = typer.Option(0.01, help="Warmup as a fraction of all steps."),
-    warmup_steps: int | None = typer.Option(None, help="Warmup steps (overrides the ratio)."),
-    min_lr: float = typer.Option(0.0, help="Floor of the decaying schedules."),
-    lr_power: float = typer.Option(
-        1.0,
-        help="Exponent of --lr-policy polynomial, > 0: 1 = linear decay, e.g. 2 decays faster.",
-    ),
-    max_steps: int | None = typer.Option(None, help="Optimizer steps to run."),
-    num_epochs: int | None = typer.Option(None, help="Or: passes over the training data."),
-    batch_size: int = typer.Option(32, help="Sequences per device per micro-batch."),
-    batches_per_step: int = typer.Option(1, help="Micro-batches per optimizer step."),
-    max_grad_norm: float = typer.Option(1.0, help="Gradient clipping norm (0 = none)."),
+    optimizer: Optimizer = _option(TrainConfig, "optimizer", choices=Optimizer),
+    lr: float = _option(TrainConfig, "lr"),
+    weight_decay: float = _option(TrainConfig, "weight_decay"),
+    beta1: float = _option(TrainConfig, "beta1"),
+    beta2: float = _option(TrainConfig, "beta2"),
+    eps: float = _option(TrainConfig, "eps"),
+    lr_policy: LRPolicy = _option(TrainConfig, "lr_policy", choices=LRPolicy),
+    warmup_ratio: float = _option(TrainConfig, "warmup_ratio"),
+    warmup_steps: int | None = _option(TrainConfig, "warmup_steps"),
+    min_lr: float = _option(TrainConfig, "min_lr"),
+    lr_power: float = _option(TrainConfig, "lr_power"),
+    max_steps: int | None = _option(TrainConfig, "max_steps"),
+    num_epochs: int | None = _option(TrainConfig, "num_epochs"),
+    batch_size: int = _option(TrainConfig, "batch_size"),
+    batches_per_step: int = _option(TrainConfig, "batches_per_step"),
+    max_grad_norm: float = _option(TrainConfig, "max_grad_norm"),
     precision: Precision = typer.Option(
         Precision.auto, help="auto = bf16 on capable GPUs, fp32 on CPU."
     ),
     device: Device = typer.Option(Device.auto, help="auto = the local GPU if any."),
-    compile: bool = typer.Option(
-        False,
-        "--compile",
-        help="torch.compile the model (after DDP wrapping); exits with one line where no "
-        "compiler is available (a C++ compiler on the CPU, triton on CUDA).",
-    ),
-    label_smoothing: float = typer.Option(
-        0.0,
-        help="Label smoothing of the MLM loss, in [0, 1); e.g. 0.1 (evaluation stays "
-        "unsmoothed).",
-    ),
-    num_workers: int = typer.Option(0, help="DataLoader worker processes."),
-    seed: int = typer.Option(12345, help="Random seed."),
+    compile: bool = _option(TrainConfig, "compile", "--compile"),
+    label_smoothing: float = _option(TrainConfig, "label_smoothing"),
+    num_workers: int = _option(TrainConfig, "num_workers"),
+    seed: int = _option(TrainConfig, "seed"),
     out: Path | None = typer.Option(None, help="Run directory (default outputs/bert_lm/<time>)."),
-    log_every: int = typer.Option(10, help="Log metrics every N steps."),
-    eval_every: int = typer.Option(0, help="Evaluate every N steps (0 = only at the end)."),
-    eval_batches: int = typer.Option(0, help="Batches per evaluation (0 = all)."),
-    eval_batch_size: int | None = typer.Option(
-        None, help="Sequences per evaluation batch, >= 1; e.g. 128 (default: --batch-size)."
-    ),
-    save_every: int = typer.Option(0, help="Save a checkpoint every N steps (0 = only at end)."),
-    save_every_epochs: int = typer.Option(0, help="Save a checkpoint every N epochs."),
-    keep_last: int = typer.Option(
-        0,
-        help="Keep only the newest K checkpoints (0 = all); the disk needs room for K + 1 "
-        "(the next one is written before the oldest is deleted).",
-    ),
+    log_every: int = _option(TrainConfig, "log_every"),
+    eval_every: int = _option(TrainConfig, "eval_every"),
+    eval_batches: int = _option(TrainConfig, "eval_batches"),
+    eval_batch_size: int | None = _option(TrainConfig, "eval_batch_size"),
+    save_every: int = _option(TrainConfig, "save_every"),
+    save_every_epochs: int = _option(TrainConfig, "save_every_epochs"),
+    keep_last: int = _option(TrainConfig, "keep_last"),
     resume: bool = typer.Option(
         False,
         "--resume",
         help="Continue from the newest complete checkpoint (a damaged one is skipped).",
     ),
-    allow_changes: bool = typer.Option(
-        False,
-        "--allow-changes",
-        help="--resume with a changed batch size, sequence length, data, optimizer, world size "
-        "or precision (refused otherwise).",
-    ),
+    allow_changes: bool = _option(TrainConfig, "allow_changes", "--allow-changes"),
     json_output: bool = typer.Option(False, "--json", help="Print a JSON summary, no progress."),
 ) -> None:
     """Pretrain BERT with masked-LM (+ next-sentence) loss; DDP under torchrun.
@@ -677,7 +659,6 @@ def pretrain(
     from bertcli.console import make_reporter
     from bertcli.pretrain import PretrainConfig, run_pretraining
     from bertcli.train.runtime import init_runtime, shutdown
-    from bertcli.train.trainer import TrainConfig
 
     if max_steps is None and num_epochs is None:
         raise UserError("give --max-steps or --num-epochs")

@@ -7,11 +7,12 @@ for `BertForPreTraining`, so our checkpoints load there unchanged and theirs loa
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from bertcli.errors import UserError
+from bertcli.train.schedules import POLICIES
 
 ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "silu", "swish", "tanh")
 
@@ -154,3 +155,123 @@ class BertConfig:
         if not isinstance(data, dict):
             raise UserError(f"{path}: not a JSON object")
         return cls.from_dict(data, source=str(path))
+
+
+# ---- the training run's options: one source of defaults and help, read by the CLI ---------------
+
+OPTIMIZERS = ("adamw", "lamb", "novograd", "sgd")
+
+
+def _opt(default: Any, help: str) -> Any:
+    """A dataclass field whose `--help` text travels with it (cli.py reads both)."""
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and bookkeeping options of `bertcli pretrain`.
+
+    Each field's default and help text are the CLI option's (`cli.py` reads them from here).
+    """
+
+    max_steps: int | None = _opt(None, "Optimizer steps to run.")
+    num_epochs: int | None = _opt(None, "Or: passes over the training data.")
+    batch_size: int = _opt(32, "Sequences per device per micro-batch.")
+    batches_per_step: int = _opt(1, "Micro-batches per optimizer step.")
+    optimizer: str = _opt("adamw", "Optimizer.")
+    lr: float = _opt(1e-4, "Peak learning rate.")
+    weight_decay: float = _opt(0.01, "Weight decay (not on biases, LayerNorm).")
+    beta1: float = _opt(0.9, "First-moment decay (momentum for SGD).")
+    beta2: float = _opt(0.999, "Second-moment decay.")
+    eps: float = _opt(1e-6, "AdamW/LAMB epsilon added to the update's denominator, > 0; e.g. 1e-8.")
+    lr_policy: str = _opt("warmup-annealing", "Learning-rate schedule.")
+    warmup_ratio: float = _opt(0.01, "Warmup as a fraction of all steps.")
+    warmup_steps: int | None = _opt(None, "Warmup steps (overrides the ratio).")
+    min_lr: float = _opt(0.0, "Floor of the decaying schedules.")
+    lr_power: float = _opt(
+        1.0, "Exponent of --lr-policy polynomial, > 0: 1 = linear decay, e.g. 2 decays faster."
+    )
+    max_grad_norm: float = _opt(1.0, "Gradient clipping norm (0 = none).")
+    log_every: int = _opt(10, "Log metrics every N steps.")
+    eval_every: int = _opt(0, "Evaluate every N steps (0 = only at the end).")
+    eval_batches: int = _opt(0, "Batches per evaluation (0 = all).")
+    eval_batch_size: int | None = _opt(
+        None, "Sequences per evaluation batch, >= 1; e.g. 128 (default: --batch-size)."
+    )
+    save_every: int = _opt(0, "Save a checkpoint every N steps (0 = only at end).")
+    save_every_epochs: int = _opt(0, "Save a checkpoint every N epochs.")
+    keep_last: int = _opt(
+        0,
+        "Keep only the newest K checkpoints (0 = all); the disk needs room for K + 1 "
+        "(the next one is written before the oldest is deleted).",
+    )
+    allow_changes: bool = _opt(
+        False,
+        "--resume with a changed batch size, sequence length, data, optimizer, world size "
+        "or precision (refused otherwise).",
+    )
+    seed: int = _opt(12345, "Random seed.")
+    nsp: bool = _opt(
+        True,
+        "Train next-sentence prediction. --no-nsp: MLM only; with --data-text the text is "
+        "packed into full sequences across document ends (RoBERTa FULL-SENTENCES).",
+    )
+    compile: bool = _opt(
+        False,
+        "torch.compile the model (after DDP wrapping); exits with one line where no "
+        "compiler is available (a C++ compiler on the CPU, triton on CUDA).",
+    )
+    label_smoothing: float = _opt(
+        0.0, "Label smoothing of the MLM loss, in [0, 1); e.g. 0.1 (evaluation stays unsmoothed)."
+    )
+    num_workers: int = _opt(0, "DataLoader worker processes.")
+    tensorboard: bool = _opt(True, "Mirror metrics.jsonl to TensorBoard event files.")
+
+    def __post_init__(self) -> None:
+        def positive(name: str) -> None:
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+
+        for name in (
+            "max_steps",
+            "num_epochs",
+            "batch_size",
+            "batches_per_step",
+            "log_every",
+            "eval_batch_size",
+        ):
+            positive(name)
+        for name in (
+            "eval_every",
+            "eval_batches",
+            "save_every",
+            "save_every_epochs",
+            "keep_last",
+            "num_workers",
+        ):
+            if getattr(self, name) < 0:
+                raise UserError(f"--{name.replace('_', '-')} must be >= 0")
+        if self.optimizer not in OPTIMIZERS:
+            raise UserError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}")
+        if self.lr_policy not in POLICIES:
+            raise UserError(f"--lr-policy must be one of {', '.join(POLICIES)}")
+        if not self.lr > 0:
+            raise UserError(f"--lr must be > 0, got {self.lr}")
+        if self.weight_decay < 0:
+            raise UserError(f"--weight-decay must be >= 0, got {self.weight_decay}")
+        for name in ("beta1", "beta2"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise UserError(f"--{name} must be in [0, 1)")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise UserError(f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.warmup_steps is not None and self.warmup_steps < 0:
+            raise UserError("--warmup-steps must be >= 0")
+        if self.max_grad_norm < 0:
+            raise UserError("--max-grad-norm must be >= 0 (0 = no clipping)")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise UserError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
+        if not self.eps > 0:
+            raise UserError(f"--eps must be > 0, got {self.eps}")
+        if not self.lr_power > 0:
+            raise UserError(f"--lr-power must be > 0, got {self.lr_power}")

@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from bertcli.config import TrainConfig
 from bertcli.console import Reporter
 from bertcli.data.datasets import collate
 from bertcli.errors import UserError
@@ -53,95 +54,10 @@ from bertcli.train.checkpoint import (
 )
 from bertcli.train.kernels import check_compile, flash_attention
 from bertcli.train.mfu import device_peak_tflops, flops_per_token, mfu
-from bertcli.train.optim import OPTIMIZERS, build_optimizer
+from bertcli.train.optim import build_optimizer
 from bertcli.train.runtime import Runtime
-from bertcli.train.schedules import POLICIES, learning_rate, warmup_steps_for
+from bertcli.train.schedules import learning_rate, warmup_steps_for
 from bertcli.unpad import Unpadding
-
-
-@dataclass
-class TrainConfig:
-    """Optimisation and bookkeeping options of `bertcli pretrain`."""
-
-    max_steps: int | None = None
-    num_epochs: int | None = None
-    batch_size: int = 32
-    batches_per_step: int = 1
-    optimizer: str = "adamw"
-    lr: float = 1e-4
-    weight_decay: float = 0.01
-    beta1: float = 0.9
-    beta2: float = 0.999
-    eps: float = 1e-6
-    lr_policy: str = "warmup-annealing"
-    warmup_ratio: float = 0.01
-    warmup_steps: int | None = None
-    min_lr: float = 0.0
-    lr_power: float = 1.0
-    max_grad_norm: float = 1.0
-    log_every: int = 10
-    eval_every: int = 0
-    eval_batches: int = 0
-    eval_batch_size: int | None = None  # None: batch_size
-    save_every: int = 0
-    save_every_epochs: int = 0
-    keep_last: int = 0
-    allow_changes: bool = False  # --resume may change guarded settings (logged)
-    seed: int = 12345
-    nsp: bool = True
-    compile: bool = False
-    label_smoothing: float = 0.0  # on the MLM loss only; evaluation is always unsmoothed
-    num_workers: int = 0
-    tensorboard: bool = True
-
-    def __post_init__(self) -> None:
-        def positive(name: str) -> None:
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-
-        for name in (
-            "max_steps",
-            "num_epochs",
-            "batch_size",
-            "batches_per_step",
-            "log_every",
-            "eval_batch_size",
-        ):
-            positive(name)
-        for name in (
-            "eval_every",
-            "eval_batches",
-            "save_every",
-            "save_every_epochs",
-            "keep_last",
-            "num_workers",
-        ):
-            if getattr(self, name) < 0:
-                raise UserError(f"--{name.replace('_', '-')} must be >= 0")
-        if self.optimizer not in OPTIMIZERS:
-            raise UserError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}")
-        if self.lr_policy not in POLICIES:
-            raise UserError(f"--lr-policy must be one of {', '.join(POLICIES)}")
-        if not self.lr > 0:
-            raise UserError(f"--lr must be > 0, got {self.lr}")
-        if self.weight_decay < 0:
-            raise UserError(f"--weight-decay must be >= 0, got {self.weight_decay}")
-        for name in ("beta1", "beta2"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise UserError(f"--{name} must be in [0, 1)")
-        if not 0.0 <= self.warmup_ratio < 1.0:
-            raise UserError(f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
-        if self.warmup_steps is not None and self.warmup_steps < 0:
-            raise UserError("--warmup-steps must be >= 0")
-        if self.max_grad_norm < 0:
-            raise UserError("--max-grad-norm must be >= 0 (0 = no clipping)")
-        if not 0.0 <= self.label_smoothing < 1.0:
-            raise UserError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
-        if not self.eps > 0:
-            raise UserError(f"--eps must be > 0, got {self.eps}")
-        if not self.lr_power > 0:
-            raise UserError(f"--lr-power must be > 0, got {self.lr_power}")
 
 
 class _StopFlag:
