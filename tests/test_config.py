@@ -86,28 +86,42 @@ def test_load_rejects_other_model_types(tmp_path):
 # ---- TrainConfig: the one source of the training options' defaults and help -----------------
 
 
-def test_pretrain_options_take_default_and_help_from_train_config():
-    """Every TrainConfig field on the CLI shows the dataclass default and help, so the two cannot
-    drift apart; the only field without an option is the library-only `tensorboard` switch."""
-    from dataclasses import fields
+@pytest.mark.parametrize(
+    "command, config_name, renamed, library_only",
+    [
+        ("pretrain", "TrainConfig", {}, ["tensorboard"]),
+        ("preprocess", "PreprocessConfig", {"inputs": "input"}, []),
+    ],
+)
+def test_options_take_default_and_help_from_the_config(command, config_name, renamed,
+                                                       library_only):  # fmt: skip
+    """Every config field on the CLI shows the dataclass default and help, so the two cannot
+    drift apart; `library_only` fields have no option on purpose."""
+    from dataclasses import MISSING, fields
     from enum import Enum
 
     import typer
 
+    import bertcli.config
     from bertcli.cli import app
-    from bertcli.config import TrainConfig
 
-    params = {p.name: p for p in typer.main.get_command(app).commands["pretrain"].params}
+    config = getattr(bertcli.config, config_name)
+    params = {p.name: p for p in typer.main.get_command(app).commands[command].params}
     missing = []
-    for field in fields(TrainConfig):
-        if field.name not in params:
+    for field in fields(config):
+        param = params.get(renamed.get(field.name, field.name))
+        if param is None:
             missing.append(field.name)
             continue
-        param = params[field.name]
         default = param.default.value if isinstance(param.default, Enum) else param.default
-        assert default == field.default, field.name
+        if field.default is not MISSING:
+            assert default == field.default, field.name
+        elif field.default_factory is not MISSING:
+            assert default is None, field.name  # computed when the config is built
+        else:
+            assert param.required, field.name
         assert param.help == field.metadata["help"], field.name
-    assert missing == ["tensorboard"]
+    assert missing == library_only
 
 
 def test_train_config_defaults_build_and_bad_values_name_the_flag():

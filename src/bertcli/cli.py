@@ -15,7 +15,7 @@ import typer
 from typer.core import TyperGroup
 
 from bertcli import __version__
-from bertcli.config import TrainConfig
+from bertcli.config import PreprocessConfig, TrainConfig
 from bertcli.errors import UserError, unhandled_message, user_message
 
 try:  # recent typer vendors click
@@ -129,7 +129,9 @@ def _option(config: type, name: str, *param_decls: str, choices: type[Enum] | No
     from dataclasses import MISSING, fields
 
     field = next(f for f in fields(config) if f.name == name)
-    default = None if field.default is MISSING else field.default
+    default = field.default
+    if default is MISSING:  # a default_factory: computed later (None); else a required option
+        default = None if field.default_factory is not MISSING else ...
     if choices is not None and default is not None:
         default = choices(default)
     return typer.Option(default, *param_decls, help=field.metadata["help"])
@@ -434,38 +436,25 @@ def _download_model(name, revision, out, url, sha256, json_output) -> None:
 
 @app.command("preprocess")
 def preprocess(
-    input: list[Path] = typer.Option(
-        ...,
-        help="Corpus files (.gz/.bz2/.xz read as streams) or directories (every file below, "
-        "sorted); repeatable.",
-    ),
-    out: Path = typer.Option(..., help="Output directory (a DLE-named sub-directory is made)."),
+    input: list[Path] = _option(PreprocessConfig, "inputs"),
+    out: Path = _option(PreprocessConfig, "out"),
     tokenizer: Path | None = typer.Option(None, help="Tokenizer directory (build-tokenizer)."),
     vocab_file: Path | None = typer.Option(None, help="Or a published BERT vocab.txt."),
     lowercase: bool | None = typer.Option(
         None, "--lowercase/--no-lowercase", help="With --vocab-file: override inferred casing."
     ),
-    max_seq_length: int = typer.Option(128, help="Tokens per example, [CLS]/[SEP] included."),
-    max_predictions_per_seq: int = typer.Option(20, help="Most masked positions per example."),
-    masked_lm_prob: float = typer.Option(0.15, help="Fraction of tokens to predict."),
-    short_seq_prob: float = typer.Option(0.1, help="Probability of a shorter target length."),
-    dupe_factor: int = typer.Option(5, help="Passes over the corpus with different masks."),
-    seed: int = typer.Option(12345, help="Random seed (output is identical for a seed)."),
-    whole_word_masking: bool = typer.Option(False, help="Mask whole words, not pieces."),
-    nsp: bool = typer.Option(
-        True,
-        "--nsp/--no-nsp",
-        help="Next-sentence pairs (BERT). --no-nsp: MLM-only, text packed into full sequences "
-        "across document ends (RoBERTa FULL-SENTENCES); every next_sentence_labels is 0.",
-    ),
-    input_format: InputFormat = typer.Option(InputFormat.auto, help="How to read --input."),
-    workers: int | None = typer.Option(
-        None, help="Cores: single-threaded processes (default: all cores)."
-    ),
-    shard_size: int = typer.Option(65536, help="Examples per HDF5 shard."),
-    eval_fraction: float = typer.Option(
-        0.0, help="Fraction of documents held out as eval shards (DIR/eval)."
-    ),
+    max_seq_length: int = _option(PreprocessConfig, "max_seq_length"),
+    max_predictions_per_seq: int = _option(PreprocessConfig, "max_predictions_per_seq"),
+    masked_lm_prob: float = _option(PreprocessConfig, "masked_lm_prob"),
+    short_seq_prob: float = _option(PreprocessConfig, "short_seq_prob"),
+    dupe_factor: int = _option(PreprocessConfig, "dupe_factor"),
+    seed: int = _option(PreprocessConfig, "seed"),
+    whole_word_masking: bool = _option(PreprocessConfig, "whole_word_masking"),
+    nsp: bool = _option(PreprocessConfig, "nsp", "--nsp/--no-nsp"),
+    input_format: InputFormat = _option(PreprocessConfig, "input_format", choices=InputFormat),
+    workers: int | None = _option(PreprocessConfig, "workers"),
+    shard_size: int = _option(PreprocessConfig, "shard_size"),
+    eval_fraction: float = _option(PreprocessConfig, "eval_fraction"),
     json_output: bool = typer.Option(False, "--json", help="Print a JSON summary, no progress."),
 ) -> None:
     """Turn raw text into masked-LM + next-sentence HDF5 shards (DeepLearningExamples format).
@@ -477,7 +466,6 @@ def preprocess(
     from dataclasses import asdict
 
     from bertcli.console import make_reporter
-    from bertcli.preprocess import PreprocessConfig
     from bertcli.preprocess import preprocess as run_preprocess
 
     tok = _load_tokenizer(tokenizer, vocab_file, lowercase)

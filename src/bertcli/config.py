@@ -7,10 +7,12 @@ for `BertForPreTraining`, so our checkpoints load there unchanged and theirs loa
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from bertcli.data.corpus import FORMATS
 from bertcli.errors import UserError
 from bertcli.train.schedules import POLICIES
 
@@ -275,3 +277,77 @@ class TrainConfig:
             raise UserError(f"--eps must be > 0, got {self.eps}")
         if not self.lr_power > 0:
             raise UserError(f"--lr-power must be > 0, got {self.lr_power}")
+
+
+# ---- preprocess's options ------------------------------------------------------------------------
+
+MAX_SEQ_LENGTH_LIMIT = 512  # BERT's position table; longer sequences no BERT could use
+
+
+@dataclass
+class PreprocessConfig:
+    """Options of `bertcli preprocess`, with DLE's defaults.
+
+    Each field's default and help text are the CLI option's (`cli.py` reads them from here).
+    """
+
+    inputs: list[Path] = field(
+        metadata={
+            "help": "Corpus files (.gz/.bz2/.xz read as streams) or directories (every file "
+            "below, sorted); repeatable."
+        }
+    )
+    out: Path = field(metadata={"help": "Output directory (a DLE-named sub-directory is made)."})
+    max_seq_length: int = _opt(128, "Tokens per example, [CLS]/[SEP] included.")
+    max_predictions_per_seq: int = _opt(20, "Most masked positions per example.")
+    masked_lm_prob: float = _opt(0.15, "Fraction of tokens to predict.")
+    short_seq_prob: float = _opt(0.1, "Probability of a shorter target length.")
+    dupe_factor: int = _opt(5, "Passes over the corpus with different masks.")
+    seed: int = _opt(12345, "Random seed (output is identical for a seed).")
+    whole_word_masking: bool = _opt(False, "Mask whole words, not pieces.")
+    input_format: str = _opt("auto", "How to read --input.")
+    workers: int = field(
+        default_factory=lambda: os.cpu_count() or 1,
+        metadata={"help": "Cores: single-threaded processes (default: all cores)."},
+    )
+    shard_size: int = _opt(65536, "Examples per HDF5 shard.")
+    eval_fraction: float = _opt(0.0, "Fraction of documents held out as eval shards (DIR/eval).")
+    nsp: bool = _opt(
+        True,
+        "Next-sentence pairs (BERT). --no-nsp: MLM-only, text packed into full sequences "
+        "across document ends (RoBERTa FULL-SENTENCES); every next_sentence_labels is 0.",
+    )
+
+    def __post_init__(self) -> None:
+        if not 8 <= self.max_seq_length <= MAX_SEQ_LENGTH_LIMIT:
+            raise UserError(
+                f"--max-seq-length must be between 8 and {MAX_SEQ_LENGTH_LIMIT} "
+                f"(BERT's position embeddings), got {self.max_seq_length}"
+            )
+        if not 1 <= self.max_predictions_per_seq <= self.max_seq_length:
+            raise UserError(
+                f"--max-predictions-per-seq must be between 1 and --max-seq-length, "
+                f"got {self.max_predictions_per_seq}"
+            )
+        # --masked-lm-prob is checked by MaskingSpec, the one check for every command
+        if not 0.0 <= self.short_seq_prob <= 1.0:
+            raise UserError(f"--short-seq-prob must be in [0, 1], got {self.short_seq_prob}")
+        if self.dupe_factor < 1:
+            raise UserError(f"--dupe-factor must be >= 1, got {self.dupe_factor}")
+        if self.workers < 1:
+            raise UserError(f"--workers must be >= 1, got {self.workers}")
+        if self.shard_size < 1:
+            raise UserError(f"--shard-size must be >= 1, got {self.shard_size}")
+        if not 0.0 <= self.eval_fraction < 1.0:
+            raise UserError(f"--eval-fraction must be in [0, 1), got {self.eval_fraction}")
+        if self.input_format not in FORMATS:
+            raise UserError(f"--input-format must be one of {', '.join(FORMATS)}")
+
+    def subdir_name(self, lowercase: bool) -> str:
+        """DLE's directory name for these settings."""
+        return (
+            f"lower_case_{int(lowercase)}_seq_len_{self.max_seq_length}"
+            f"_max_pred_{self.max_predictions_per_seq}_masked_lm_prob_{self.masked_lm_prob}"
+            f"_random_seed_{self.seed}_dupe_factor_{self.dupe_factor}"
+            + ("" if self.nsp else "_packed_no_nsp")
+        )

@@ -22,14 +22,15 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from bertcli.atomic import atomic_directory
+from bertcli.config import PreprocessConfig
 from bertcli.console import Reporter
-from bertcli.data.corpus import FORMATS, CorpusStats, check_input_files, read_documents
+from bertcli.data.corpus import CorpusStats, check_input_files, read_documents
 from bertcli.data.examples import (
     Corpus,
     MaskingSpec,
@@ -45,63 +46,8 @@ from bertcli.data.shards import ShardAppender
 from bertcli.errors import UserError, writing
 from bertcli.tokenizer import BertTokenizer
 
-MAX_SEQ_LENGTH_LIMIT = 512  # BERT's position table; longer sequences no BERT could use
 BLOCK_DOCUMENTS = 256
 BLOCK_CHARS = 1 << 20
-
-
-@dataclass
-class PreprocessConfig:
-    """Options of `bertcli preprocess`, with DLE's defaults."""
-
-    inputs: list[Path]
-    out: Path
-    max_seq_length: int = 128
-    max_predictions_per_seq: int = 20
-    masked_lm_prob: float = 0.15
-    short_seq_prob: float = 0.1
-    dupe_factor: int = 5
-    seed: int = 12345
-    whole_word_masking: bool = False
-    input_format: str = "auto"
-    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
-    shard_size: int = 65536
-    eval_fraction: float = 0.0
-    nsp: bool = True  # False: MLM-only, text packed into full sequences (no pairs)
-
-    def __post_init__(self) -> None:
-        if not 8 <= self.max_seq_length <= MAX_SEQ_LENGTH_LIMIT:
-            raise UserError(
-                f"--max-seq-length must be between 8 and {MAX_SEQ_LENGTH_LIMIT} "
-                f"(BERT's position embeddings), got {self.max_seq_length}"
-            )
-        if not 1 <= self.max_predictions_per_seq <= self.max_seq_length:
-            raise UserError(
-                f"--max-predictions-per-seq must be between 1 and --max-seq-length, "
-                f"got {self.max_predictions_per_seq}"
-            )
-        # --masked-lm-prob is checked by MaskingSpec, the one check for every command
-        if not 0.0 <= self.short_seq_prob <= 1.0:
-            raise UserError(f"--short-seq-prob must be in [0, 1], got {self.short_seq_prob}")
-        if self.dupe_factor < 1:
-            raise UserError(f"--dupe-factor must be >= 1, got {self.dupe_factor}")
-        if self.workers < 1:
-            raise UserError(f"--workers must be >= 1, got {self.workers}")
-        if self.shard_size < 1:
-            raise UserError(f"--shard-size must be >= 1, got {self.shard_size}")
-        if not 0.0 <= self.eval_fraction < 1.0:
-            raise UserError(f"--eval-fraction must be in [0, 1), got {self.eval_fraction}")
-        if self.input_format not in FORMATS:
-            raise UserError(f"--input-format must be one of {', '.join(FORMATS)}")
-
-    def subdir_name(self, lowercase: bool) -> str:
-        """DLE's directory name for these settings."""
-        return (
-            f"lower_case_{int(lowercase)}_seq_len_{self.max_seq_length}"
-            f"_max_pred_{self.max_predictions_per_seq}_masked_lm_prob_{self.masked_lm_prob}"
-            f"_random_seed_{self.seed}_dupe_factor_{self.dupe_factor}"
-            + ("" if self.nsp else "_packed_no_nsp")
-        )
 
 
 @dataclass
