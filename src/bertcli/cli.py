@@ -15,7 +15,7 @@ import typer
 from typer.core import TyperGroup
 
 from bertcli import __version__
-from bertcli.config import PreprocessConfig, TrainConfig
+from bertcli.config import PreprocessConfig, PretrainConfig, TrainConfig
 from bertcli.errors import UserError, unhandled_message, user_message
 
 try:  # recent typer vendors click
@@ -549,57 +549,29 @@ def pretrain(
         "--data-text/--data-preprocessed",
         help="Raw text with examples made on the fly, or HDF5 shards (the default).",
     ),
-    train_data: list[Path] = typer.Option(
-        None,
-        help="Text files, or shard directories (repeatable; DIR:WEIGHT sets a directory's share "
-        "of each epoch). Default: data/wikitext2, else the sample.",
-    ),
-    eval_data: list[Path] = typer.Option(
-        None, help="Held-out text files or shard directories (repeatable)."
-    ),
-    tokenizer: Path | None = typer.Option(None, help="Tokenizer directory (build-tokenizer)."),
-    vocab_file: Path | None = typer.Option(None, help="Or a published BERT vocab.txt."),
-    vocab_size: int = typer.Option(
-        30522, help="Vocabulary size when a tokenizer is built from the training text."
-    ),
-    preset: Preset = typer.Option(Preset.base, help="Model size from Google's BERT family."),
+    train_data: list[Path] = _option(PretrainConfig, "train_data"),
+    eval_data: list[Path] = _option(PretrainConfig, "eval_data"),
+    tokenizer: Path | None = _option(PretrainConfig, "tokenizer"),
+    vocab_file: Path | None = _option(PretrainConfig, "vocab_file"),
+    vocab_size: int = _option(PretrainConfig, "vocab_size"),
+    preset: Preset = _option(PretrainConfig, "preset", choices=Preset),
     num_hidden_layers: int | None = typer.Option(None, help="Override: encoder layers."),
     hidden_size: int | None = typer.Option(None, help="Override: hidden size."),
     num_attention_heads: int | None = typer.Option(None, help="Override: attention heads."),
     intermediate_size: int | None = typer.Option(None, help="Override: feed-forward size."),
     hidden_act: str | None = typer.Option(None, help="Override: activation (gelu, relu …)."),
-    config_file: Path | None = typer.Option(None, help="A transformers BERT config.json."),
-    init_from: str | None = typer.Option(
-        None,
-        help="Start from pretrained weights: a checkpoint or run directory, or a Hub name "
-        "(bert-base-uncased, org/name; downloaded on first use, with its tokenizer).",
-    ),
-    init_optimizer_from: str | None = typer.Option(
-        None,
-        help="Phase 2: also carry the optimizer state and step count of this bertcli "
-        "checkpoint or run dir (usually the --init-from one); the LR schedule starts anew.",
-    ),
+    config_file: Path | None = _option(PretrainConfig, "config_file"),
+    init_from: str | None = _option(PretrainConfig, "init_from"),
+    init_optimizer_from: str | None = _option(PretrainConfig, "init_optimizer_from"),
     nsp: bool = _option(TrainConfig, "nsp", "--nsp/--no-nsp"),
-    max_seq_length: int = typer.Option(128, help="Tokens per example (text data)."),
-    masked_lm_prob: float = typer.Option(0.15, help="Fraction of tokens to predict (text data)."),
-    max_predictions_per_seq: int = typer.Option(20, help="Most predictions per example (text)."),
-    whole_word_masking: bool = typer.Option(False, help="Mask whole words (text data)."),
-    short_seq_prob: float = typer.Option(
-        0.1,
-        help="Chance that an example targets a random shorter length (text data), in [0, 1]; "
-        "e.g. 0.1 as BERT.",
-    ),
-    input_format: InputFormat = typer.Option(InputFormat.auto, help="How to read text data."),
-    hidden_dropout: float | None = typer.Option(
-        None,
-        help="Dropout on embeddings and layer outputs, in [0, 1); e.g. 0.0 for short runs "
-        "(default: the model config's, 0.1).",
-    ),
-    attention_dropout: float | None = typer.Option(
-        None,
-        help="Dropout on attention probabilities, in [0, 1); e.g. 0.0 (default: the model "
-        "config's, 0.1).",
-    ),
+    max_seq_length: int = _option(PretrainConfig, "max_seq_length"),
+    masked_lm_prob: float = _option(PretrainConfig, "masked_lm_prob"),
+    max_predictions_per_seq: int = _option(PretrainConfig, "max_predictions_per_seq"),
+    whole_word_masking: bool = _option(PretrainConfig, "whole_word_masking"),
+    short_seq_prob: float = _option(PretrainConfig, "short_seq_prob"),
+    input_format: InputFormat = _option(PretrainConfig, "input_format", choices=InputFormat),
+    hidden_dropout: float | None = _option(PretrainConfig, "hidden_dropout"),
+    attention_dropout: float | None = _option(PretrainConfig, "attention_dropout"),
     optimizer: Optimizer = _option(TrainConfig, "optimizer", choices=Optimizer),
     lr: float = _option(TrainConfig, "lr"),
     weight_decay: float = _option(TrainConfig, "weight_decay"),
@@ -616,15 +588,13 @@ def pretrain(
     batch_size: int = _option(TrainConfig, "batch_size"),
     batches_per_step: int = _option(TrainConfig, "batches_per_step"),
     max_grad_norm: float = _option(TrainConfig, "max_grad_norm"),
-    precision: Precision = typer.Option(
-        Precision.auto, help="auto = bf16 on capable GPUs, fp32 on CPU."
-    ),
-    device: Device = typer.Option(Device.auto, help="auto = the local GPU if any."),
+    precision: Precision = _option(PretrainConfig, "precision", choices=Precision),
+    device: Device = _option(PretrainConfig, "device", choices=Device),
     compile: bool = _option(TrainConfig, "compile", "--compile"),
     label_smoothing: float = _option(TrainConfig, "label_smoothing"),
     num_workers: int = _option(TrainConfig, "num_workers"),
     seed: int = _option(TrainConfig, "seed"),
-    out: Path | None = typer.Option(None, help="Run directory (default outputs/bert_lm/<time>)."),
+    out: Path | None = _option(PretrainConfig, "out"),
     log_every: int = _option(TrainConfig, "log_every"),
     eval_every: int = _option(TrainConfig, "eval_every"),
     eval_batches: int = _option(TrainConfig, "eval_batches"),
@@ -632,11 +602,7 @@ def pretrain(
     save_every: int = _option(TrainConfig, "save_every"),
     save_every_epochs: int = _option(TrainConfig, "save_every_epochs"),
     keep_last: int = _option(TrainConfig, "keep_last"),
-    resume: bool = typer.Option(
-        False,
-        "--resume",
-        help="Continue from the newest complete checkpoint (a damaged one is skipped).",
-    ),
+    resume: bool = _option(PretrainConfig, "resume", "--resume"),
     allow_changes: bool = _option(TrainConfig, "allow_changes", "--allow-changes"),
     json_output: bool = typer.Option(False, "--json", help="Print a JSON summary, no progress."),
 ) -> None:
@@ -645,7 +611,7 @@ def pretrain(
     Example: bertcli pretrain --data-text --preset tiny --max-steps 200
     """
     from bertcli.console import make_reporter
-    from bertcli.pretrain import PretrainConfig, run_pretraining
+    from bertcli.pretrain import run_pretraining
     from bertcli.train.runtime import init_runtime, shutdown
 
     if max_steps is None and num_epochs is None:

@@ -351,3 +351,94 @@ class PreprocessConfig:
             f"_random_seed_{self.seed}_dupe_factor_{self.dupe_factor}"
             + ("" if self.nsp else "_packed_no_nsp")
         )
+
+
+# ---- pretrain's options --------------------------------------------------------------------------
+
+
+@dataclass
+class PretrainConfig:
+    """Everything `bertcli pretrain` was asked to do, resolved once in the CLI.
+
+    Each field with an option of its own gives that option its default and help text (`cli.py`
+    reads them from here); `data_mode`, `model_overrides` and `train` are assembled there.
+    """
+
+    out: Path | None = _opt(None, "Run directory (default outputs/bert_lm/<time>).")
+    data_mode: str = "preprocessed"  # or "text": --data-text/--data-preprocessed
+    train_data: list[Path] = field(
+        default_factory=list,
+        metadata={
+            "help": "Text files, or shard directories (repeatable; DIR:WEIGHT sets a directory's "
+            "share of each epoch). Default: data/wikitext2, else the sample."
+        },
+    )
+    eval_data: list[Path] = field(
+        default_factory=list,
+        metadata={"help": "Held-out text files or shard directories (repeatable)."},
+    )
+    tokenizer: Path | None = _opt(None, "Tokenizer directory (build-tokenizer).")
+    vocab_file: Path | None = _opt(None, "Or a published BERT vocab.txt.")
+    vocab_size: int = _opt(30522, "Vocabulary size when a tokenizer is built from the training text.")
+    preset: str = _opt("base", "Model size from Google's BERT family.")
+    model_overrides: dict[str, Any] = field(default_factory=dict)  # --hidden-size and co.
+    config_file: Path | None = _opt(None, "A transformers BERT config.json.")
+    init_from: str | None = _opt(
+        None,
+        "Start from pretrained weights: a checkpoint or run directory, or a Hub name "
+        "(bert-base-uncased, org/name; downloaded on first use, with its tokenizer).",
+    )
+    init_optimizer_from: str | None = _opt(
+        None,
+        "Phase 2: also carry the optimizer state and step count of this bertcli "
+        "checkpoint or run dir (usually the --init-from one); the LR schedule starts anew.",
+    )
+    max_seq_length: int = _opt(128, "Tokens per example (text data).")
+    masked_lm_prob: float = _opt(0.15, "Fraction of tokens to predict (text data).")
+    max_predictions_per_seq: int = _opt(20, "Most predictions per example (text).")
+    short_seq_prob: float = _opt(
+        0.1,
+        "Chance that an example targets a random shorter length (text data), in [0, 1]; "
+        "e.g. 0.1 as BERT.",
+    )
+    whole_word_masking: bool = _opt(False, "Mask whole words (text data).")
+    hidden_dropout: float | None = _opt(
+        None,
+        "Dropout on embeddings and layer outputs, in [0, 1); e.g. 0.0 for short runs "
+        "(default: the model config's, 0.1).",
+    )
+    attention_dropout: float | None = _opt(
+        None,
+        "Dropout on attention probabilities, in [0, 1); e.g. 0.0 (default: the model "
+        "config's, 0.1).",
+    )
+    input_format: str = _opt("auto", "How to read text data.")
+    device: str = _opt("auto", "auto = the local GPU if any.")
+    precision: str = _opt("auto", "auto = bf16 on capable GPUs, fp32 on CPU.")
+    resume: bool = _opt(
+        False, "Continue from the newest complete checkpoint (a damaged one is skipped)."
+    )
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        if self.data_mode not in ("text", "preprocessed"):
+            raise UserError("choose --data-text or --data-preprocessed")
+        if not 8 <= self.max_seq_length:
+            raise UserError(f"--max-seq-length must be >= 8, got {self.max_seq_length}")
+        if self.vocab_size < 6:
+            raise UserError(f"--vocab-size must be > 5, got {self.vocab_size}")
+        if self.resume and self.out is None:
+            raise UserError("--resume needs --out DIR (the run to continue)")
+        if self.init_optimizer_from is not None and self.init_from is None:
+            raise UserError(
+                "--init-optimizer-from needs --init-from (the weights its optimizer state "
+                "belongs to, usually the same checkpoint)"
+            )
+        if not 0.0 <= self.short_seq_prob <= 1.0:
+            raise UserError(f"--short-seq-prob must be in [0, 1], got {self.short_seq_prob}")
+        for flag, value in (
+            ("--hidden-dropout", self.hidden_dropout),
+            ("--attention-dropout", self.attention_dropout),
+        ):
+            if value is not None and not 0.0 <= value < 1.0:
+                raise UserError(f"{flag} must be in [0, 1), got {value}")

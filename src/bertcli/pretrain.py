@@ -12,7 +12,7 @@ import json
 import os
 import platform
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from datetime import timedelta
 from importlib import resources
 from pathlib import Path
@@ -23,7 +23,7 @@ import torch.distributed as dist
 
 from bertcli import __version__
 from bertcli.atomic import write_text_atomic
-from bertcli.config import BertConfig
+from bertcli.config import BertConfig, PretrainConfig
 from bertcli.console import Reporter
 from bertcli.data.blend import describe_sources, open_shard_data
 from bertcli.data.datasets import TextDataset
@@ -41,62 +41,9 @@ from bertcli.tokenizer import (
 from bertcli.train.checkpoint import STATE_FILE, resolve_checkpoint
 from bertcli.train.rundir import check_shared_file, claim_run_dir
 from bertcli.train.runtime import Runtime, init_runtime, shutdown
-from bertcli.train.trainer import TrainConfig, Trainer
+from bertcli.train.trainer import Trainer
 
 DEFAULT_DOWNLOAD = Path("data") / "wikitext2"
-
-
-@dataclass
-class PretrainConfig:
-    """Everything `bertcli pretrain` was asked to do, resolved once in the CLI."""
-
-    out: Path | None = None
-    data_mode: str = "preprocessed"  # or "text"
-    train_data: list[Path] = field(default_factory=list)
-    eval_data: list[Path] = field(default_factory=list)
-    tokenizer: Path | None = None
-    vocab_file: Path | None = None
-    vocab_size: int = 30522  # for a tokenizer built from the training text
-    preset: str = "base"
-    model_overrides: dict[str, Any] = field(default_factory=dict)
-    config_file: Path | None = None
-    init_from: str | None = None
-    init_optimizer_from: str | None = None  # phase 2: optimizer state + step of a checkpoint
-    max_seq_length: int = 128
-    masked_lm_prob: float = 0.15
-    max_predictions_per_seq: int = 20
-    short_seq_prob: float = 0.1
-    whole_word_masking: bool = False
-    hidden_dropout: float | None = None  # None: the model config's
-    attention_dropout: float | None = None
-    input_format: str = "auto"
-    device: str = "auto"
-    precision: str = "auto"
-    resume: bool = False
-    train: TrainConfig = field(default_factory=TrainConfig)
-
-    def __post_init__(self) -> None:
-        if self.data_mode not in ("text", "preprocessed"):
-            raise UserError("choose --data-text or --data-preprocessed")
-        if not 8 <= self.max_seq_length:
-            raise UserError(f"--max-seq-length must be >= 8, got {self.max_seq_length}")
-        if self.vocab_size < 6:
-            raise UserError(f"--vocab-size must be > 5, got {self.vocab_size}")
-        if self.resume and self.out is None:
-            raise UserError("--resume needs --out DIR (the run to continue)")
-        if self.init_optimizer_from is not None and self.init_from is None:
-            raise UserError(
-                "--init-optimizer-from needs --init-from (the weights its optimizer state "
-                "belongs to, usually the same checkpoint)"
-            )
-        if not 0.0 <= self.short_seq_prob <= 1.0:
-            raise UserError(f"--short-seq-prob must be in [0, 1], got {self.short_seq_prob}")
-        for flag, value in (
-            ("--hidden-dropout", self.hidden_dropout),
-            ("--attention-dropout", self.attention_dropout),
-        ):
-            if value is not None and not 0.0 <= value < 1.0:
-                raise UserError(f"{flag} must be in [0, 1), got {value}")
 
 
 def sample_corpus() -> tuple[Path, Path]:
