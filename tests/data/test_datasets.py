@@ -332,3 +332,14 @@ def test_pretrain_says_it_in_one_line(invoke, corpus, tmp_path, monkeypatch, cas
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0], result.stderr
     assert not list((out / "cache").glob("tokens-*")) if (out / "cache").is_dir() else True
+
+
+def test_index_batches_match_a_sliced_list_and_skip_exactly():
+    from bertcli.data.datasets import IndexBatches
+
+    order = np.random.default_rng(0).permutation(103)
+    for start in (0, 5, 100, 103):
+        expected = [order[i : i + 5].tolist() for i in range(start, len(order), 5)]
+        batches = IndexBatches(order, 5, start=start)
+        assert list(batches) == expected
+        assert len(batches) == len(expected)

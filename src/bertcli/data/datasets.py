@@ -55,6 +55,26 @@ def collate(examples: list[Example]) -> dict[str, torch.Tensor]:
     return {k: torch.from_numpy(np.stack([e[k] for e in examples])) for k in examples[0]}
 
 
+class IndexBatches:
+    """A DataLoader `batch_sampler` slicing one index array into batches as they are asked for.
+
+    An epoch of a large corpus has hundreds of millions of examples: a list of Python lists of
+    them would cost far more memory than the int64 array itself (and time to build each epoch).
+    """
+
+    def __init__(self, indices: np.ndarray, batch_size: int, start: int = 0):
+        self.indices = indices
+        self.batch_size = batch_size
+        self.start = start
+
+    def __len__(self) -> int:
+        return max(0, -(-(len(self.indices) - self.start) // self.batch_size))
+
+    def __iter__(self):
+        for i in range(self.start, len(self.indices), self.batch_size):
+            yield self.indices[i : i + self.batch_size].tolist()
+
+
 class PreprocessedDataset(torch.utils.data.Dataset):
     """DLE-format HDF5 shards (ours or DLE's), opened lazily, one shard cached at a time."""
 

@@ -35,7 +35,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from bertcli.config import TrainConfig
 from bertcli.console import Reporter
-from bertcli.data.datasets import collate
+from bertcli.data.datasets import IndexBatches, collate
 from bertcli.errors import UserError
 from bertcli.evaluate import evaluate_model
 from bertcli.metrics import MetricsWriter, truncate_metrics
@@ -215,7 +215,7 @@ class Trainer:
         world, bs, k = self.runtime.world_size, self.config.batch_size, self.config.batches_per_step
         steps = self._steps_in(len(order))
         mine = order[self.runtime.rank :: world][: steps * bs * k]
-        batches = [mine[i : i + bs].tolist() for i in range(skip_steps * bs * k, len(mine), bs)]
+        batches = IndexBatches(mine, bs, start=skip_steps * bs * k)
         cuda = self.runtime.device.type == "cuda"
         loader = torch.utils.data.DataLoader(
             self.train_data,
