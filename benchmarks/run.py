@@ -42,8 +42,10 @@ WIKITEXT2 = SHARED / "wikitext-2"
 VOCAB = SHARED / "vocab" / "bert-base-uncased.txt"
 
 
-def make_batch(batch: int, seq: int, vocab: int, device, seed: int = 0):
-    """Random ids, both segments, 15% masked, a quarter of the rows padded to 3/4 length."""
+def make_batch(batch: int, seq: int, vocab: int, device, seed: int = 0, max_pred: int = 20):
+    """Random ids, both segments, a quarter of the rows padded to 3/4 length; as BERT's data
+    pipeline does, round(15%) of each row's real tokens (at most `max_pred`) are predicted, and
+    `positions` holds them padded with 0 to `max_pred` (the batch layout of our datasets)."""
     gen = torch.Generator().manual_seed(seed)
     ids = torch.randint(1000, vocab, (batch, seq), generator=gen)
     types = torch.zeros_like(ids)
@@ -51,14 +53,23 @@ def make_batch(batch: int, seq: int, vocab: int, device, seed: int = 0):
     mask = torch.ones_like(ids)
     mask[: batch // 4, (3 * seq) // 4 :] = 0
     labels = torch.full_like(ids, -100)
-    chosen = (torch.rand(batch, seq, generator=gen) < 0.15) & mask.bool()
-    chosen[:, 0] = False
-    labels[chosen] = ids[chosen]
+    positions = torch.zeros(batch, max_pred, dtype=torch.long)
+    for row in range(batch):
+        real = int(mask[row].sum())
+        count = min(max_pred, max(1, round(0.15 * real)))
+        chosen = (1 + torch.randperm(real - 1, generator=gen)[:count]).sort().values  # not [CLS]
+        labels[row, chosen] = ids[row, chosen]
+        positions[row, :count] = chosen
     nsp = torch.randint(0, 2, (batch,), generator=gen)
     return {
         k: v.to(device)
         for k, v in dict(
-            input_ids=ids, token_type_ids=types, attention_mask=mask, labels=labels, nsp=nsp
+            input_ids=ids,
+            token_type_ids=types,
+            attention_mask=mask,
+            labels=labels,
+            nsp=nsp,
+            positions=positions,
         ).items()
     }
 
@@ -73,7 +84,8 @@ def ours_step(model, opt, b, autocast):
         device = b["input_ids"].device
         record = Unpadding.from_mask(b["attention_mask"].cpu())
         b["record"] = None if record.dense else record.to(device)
-        b["positions"] = masked_positions(b["labels"].cpu()).to(device)
+        if "positions" not in b:
+            b["positions"] = masked_positions(b["labels"].cpu()).to(device)
     with autocast():
         out = model(
             b["input_ids"],
@@ -201,10 +213,10 @@ def bench_e2e(preset: str, device, steps: int, bare_tokens_per_s: float):
 
 def make_shards(seq: int, max_pred: int, out: Path) -> Path:
     """WikiText-2 train as DLE shards at `seq` tokens / `max_pred` predictions (dupe factor 1)."""
-    from bertcli.preprocess import PreprocessConfig, preprocess
-    from bertcli.tokenizer import tokenizer_from_vocab
-
     if not out.is_dir():
+        from bertcli.preprocess import PreprocessConfig, preprocess
+        from bertcli.tokenizer import tokenizer_from_vocab
+
         config = PreprocessConfig(
             [WIKITEXT2 / "train.txt"],
             out,
@@ -478,7 +490,7 @@ def _cuda_case(preset: str, seq: int, batch: int, repeats: int, peak, name: str)
     cfg = BertConfig.from_preset(preset)
     model = BertForPreTraining(cfg).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
-    b = make_batch(batch, seq, cfg.vocab_size, device)
+    b = make_batch(batch, seq, cfg.vocab_size, device, max_pred=20 if seq <= 128 else 80)
     b["attention_mask"].fill_(1)
 
     def autocast():
