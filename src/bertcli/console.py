@@ -121,13 +121,16 @@ class PlainReporter(Reporter):
         self.description, self.total, self.unit = description, total, unit
         self.done = self.origin = completed
         self.t0 = self.last_line = time.monotonic()
+        self.fields: dict[str, Any] = {}
 
     def advance(self, amount: float = 1, **fields: Any) -> None:
         if self.description is None:
             return
         self.done += amount
+        if fields:  # the newest fields (pages/s, loss …) go on the next periodic line
+            self.fields = fields
         if self.progress and time.monotonic() - self.last_line >= self.every_seconds:
-            self._line({})
+            self._line(self.fields)
 
     def status(self, **fields: Any) -> None:
         if self.progress and self.description is not None:

@@ -166,6 +166,8 @@ def test_plain_lines_carry_step_total_fields_rate_and_eta(capsys):
     reporter.every_seconds = 0
     reporter.advance(500)
     assert capsys.readouterr().err.startswith("Tokenizing 500 lines")
+    reporter.advance(10, **{"pages/s": 12.5})  # fields given to advance reach the plain line
+    assert "pages/s=12.5" in capsys.readouterr().err
     quiet = PlainReporter(progress=False, every_seconds=0)
     quiet.start("x", total=3)
     quiet.advance(3)
