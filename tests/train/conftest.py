@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 from bertcli.tokenizer import train_tokenizer
@@ -21,6 +23,30 @@ TINY = [
     "--batch-size",
     "8",
 ]
+
+
+def pretrain_command(corpus, tokenizer_dir, out, *extra, launcher=()) -> list[str]:
+    """`python -m bertcli pretrain` on the tiny corpus and model (under `launcher` if given)."""
+    prefix = list(launcher) or [sys.executable]
+    return [
+        *prefix,
+        "-m",
+        "bertcli",
+        "pretrain",
+        "--data-text",
+        "--train-data",
+        str(corpus / "train.txt"),
+        "--tokenizer",
+        str(tokenizer_dir),
+        "--out",
+        str(out),
+        *TINY,
+        "--device",
+        "cpu",
+        "--log-every",
+        "1",
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="session")

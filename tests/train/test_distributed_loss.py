@@ -14,31 +14,15 @@ import torch
 from safetensors.torch import load_file
 
 from bertcli.train.checkpoint import latest_checkpoint
-from tests.train.conftest import TINY
+from tests.train.conftest import pretrain_command
 
 
 def pretrain(out: Path, corpus: Path, tokenizer_dir: Path, ranks: int, *extra: str) -> None:
-    launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(ranks)]
-    command = [
-        sys.executable,
-        *(launcher if ranks > 1 else []),
-        "-m",
-        "bertcli",
-        "pretrain",
-        "--data-text",
-        "--train-data",
-        str(corpus / "train.txt"),
-        "--tokenizer",
-        str(tokenizer_dir),
-        "--out",
-        str(out),
-        *TINY,
-        "--device",
-        "cpu",
-        "--log-every",
-        "1",
-        *extra,
-    ]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    launcher += ["--nproc-per-node", str(ranks)]
+    command = pretrain_command(
+        corpus, tokenizer_dir, out, *extra, launcher=launcher if ranks > 1 else ()
+    )
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -28,33 +28,9 @@ from bertcli.train.checkpoint import (
     verify_checkpoint,
 )
 from bertcli.train.lock import LOCK_NAME
-from tests.train.conftest import TINY
+from tests.train.conftest import pretrain_command
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-
-
-def command(corpus, tokenizer_dir, out, *extra, launcher=()):
-    """`bertcli pretrain` at tiny size (optionally under torchrun)."""
-    prefix = list(launcher) or [sys.executable]
-    return [
-        *prefix,
-        "-m",
-        "bertcli",
-        "pretrain",
-        "--data-text",
-        "--train-data",
-        str(corpus / "train.txt"),
-        "--tokenizer",
-        str(tokenizer_dir),
-        "--out",
-        str(out),
-        *TINY,
-        "--device",
-        "cpu",
-        "--log-every",
-        "1",
-        *extra,
-    ]
 
 
 def start(cmd, log: Path) -> subprocess.Popen:
@@ -94,14 +70,14 @@ def alive(pid: int) -> bool:
 def test_a_second_run_is_refused_and_a_killed_run_is_taken_over(corpus, tokenizer_dir, tmp_path):
     out = tmp_path / "run"
     first = start(
-        command(corpus, tokenizer_dir, out, "--max-steps", "500", "--save-every", "2"),
+        pretrain_command(corpus, tokenizer_dir, out, "--max-steps", "500", "--save-every", "2"),
         tmp_path / "first.log",
     )
     try:
         wait_for(lambda: steps(out), first)
         for extra in ((), ("--resume",)):  # a second run, or a --resume while it still runs
             second = subprocess.run(
-                command(corpus, tokenizer_dir, out, "--max-steps", "3", *extra),
+                pretrain_command(corpus, tokenizer_dir, out, "--max-steps", "3", *extra),
                 capture_output=True,
                 text=True,
                 env=ENV,
@@ -124,7 +100,9 @@ def test_a_second_run_is_refused_and_a_killed_run_is_taken_over(corpus, tokenize
     (out / "checkpoints" / "step_99999998" / "config.json").write_text("{}")
     planted = len(debris(out))  # ours, and whatever the kill itself left
     resumed = subprocess.run(
-        command(corpus, tokenizer_dir, out, "--max-steps", str(steps(out)[-1] + 1), "--resume"),
+        pretrain_command(
+            corpus, tokenizer_dir, out, "--max-steps", str(steps(out)[-1] + 1), "--resume"
+        ),
         capture_output=True,
         text=True,
         env=ENV,
@@ -141,7 +119,7 @@ def test_a_second_run_is_refused_and_a_killed_run_is_taken_over(corpus, tokenize
 def test_sigterm_saves_and_exits_0(corpus, tokenizer_dir, tmp_path):
     out = tmp_path / "run"
     proc = start(
-        command(corpus, tokenizer_dir, out, "--max-steps", "500", "--save-every", "3"),
+        pretrain_command(corpus, tokenizer_dir, out, "--max-steps", "500", "--save-every", "3"),
         tmp_path / "log",
     )
     wait_for(lambda: steps(out), proc)
@@ -176,7 +154,7 @@ def _children(pid: int) -> list[int]:
 def test_killing_the_torchrun_launcher_stops_its_workers(corpus, tokenizer_dir, tmp_path):
     out = tmp_path / "run"
     launcher = start(
-        command(
+        pretrain_command(
             corpus,
             tokenizer_dir,
             out,
@@ -211,7 +189,7 @@ def test_killing_the_torchrun_launcher_stops_its_workers(corpus, tokenizer_dir, 
 def test_sigterm_to_torchrun_saves_and_workers_exit_0(corpus, tokenizer_dir, tmp_path):
     out = tmp_path / "run"
     launcher = start(
-        command(
+        pretrain_command(
             corpus,
             tokenizer_dir,
             out,
@@ -244,7 +222,7 @@ def test_kill_storm(corpus, tokenizer_dir, tmp_path):
     common = ("--max-steps", str(STORM_STEPS), "--save-every", "1", "--lr", "1e-3")
     reference = tmp_path / "reference"
     done = subprocess.run(
-        command(corpus, tokenizer_dir, reference, *common),
+        pretrain_command(corpus, tokenizer_dir, reference, *common),
         capture_output=True,
         text=True,
         env=ENV,
@@ -264,7 +242,7 @@ def test_kill_storm(corpus, tokenizer_dir, tmp_path):
         before = steps(out)
         resume = ("--resume",) if before else ()
         proc = start(
-            command(corpus, tokenizer_dir, out, *common, "--keep-last", "2", *resume),
+            pretrain_command(corpus, tokenizer_dir, out, *common, "--keep-last", "2", *resume),
             tmp_path / f"run{kills}.log",
         )
         last = before[-1] if before else 0
@@ -283,7 +261,7 @@ def test_kill_storm(corpus, tokenizer_dir, tmp_path):
         assert len(steps(out)) <= 3  # --keep-last 2 needs room for 2 + 1 at most
 
     final = subprocess.run(
-        command(corpus, tokenizer_dir, out, *common, "--keep-last", "2", "--resume"),
+        pretrain_command(corpus, tokenizer_dir, out, *common, "--keep-last", "2", "--resume"),
         capture_output=True,
         text=True,
         env=ENV,
