@@ -8,6 +8,9 @@ zeros at the padding. Both are plain `index_select` / `index_copy`, so autograd 
 `nnz` and `max_seqlen` are data-dependent sizes. Computing them from a mask on a GPU is a host
 sync, so the trainer builds `Unpadding` from the batch while it is still on the CPU and moves
 it to the device with the batch (`Unpadding.to`).
+
+`attend_each` is attention on the unpadded layout for CPUs: flash-attn's varlen kernel does the
+same on GPUs.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ class Unpadding:
     max_seqlen: int  # the longest sequence in the batch (flash-attn's varlen argument)
     batch: int  # B
     seqlen: int  # T
+    lengths: tuple[int, ...] = ()  # real tokens of each sequence, host integers (CPU attention)
 
     @property
     def nnz(self) -> int:
@@ -46,7 +50,7 @@ class Unpadding:
         lengths = attention_mask.ne(0).sum(dim=1, dtype=torch.int32)  # (B,)
         cu_seqlens = torch.nn.functional.pad(torch.cumsum(lengths, 0, dtype=torch.int32), (1, 0))
         max_seqlen = int(lengths.max()) if B else 0
-        return cls(indices, cu_seqlens, max_seqlen, B, T)
+        return cls(indices, cu_seqlens, max_seqlen, B, T, tuple(lengths.tolist()))
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Unpadding:
         """The same record on `device` (the sizes stay host integers)."""
@@ -56,6 +60,7 @@ class Unpadding:
             self.max_seqlen,
             self.batch,
             self.seqlen,
+            self.lengths,
         )
 
 
@@ -68,3 +73,23 @@ def pad(x: torch.Tensor, u: Unpadding) -> torch.Tensor:
     """(nnz, ...) -> (B, T, ...), zeros at the padding."""
     out = x.new_zeros(u.batch * u.seqlen, *x.shape[1:])  # (B*T, ...)
     return out.index_copy(0, u.indices, x).view(u.batch, u.seqlen, *x.shape[1:])
+
+
+def attend_each(qkv: torch.Tensor, u: Unpadding, num_heads: int, dropout: float) -> torch.Tensor:
+    """(nnz, 3H) packed q/k/v -> (nnz, H): each sequence attends over its own real tokens.
+
+    One unmasked SDPA call per sequence, so padding costs neither the T x T scores nor a
+    scatter to the padded layout and back: the CPU twin of `flash_attn_varlen_qkvpacked_func`.
+    A loop over the batch is cheap on a CPU; on a GPU every call would be a kernel launch, so
+    GPUs without flash-attn keep the padded SDPA.
+    """
+    nnz, three_h = qkv.shape
+    head_size = three_h // 3 // num_heads
+    out = []
+    for seq in qkv.split(list(u.lengths)):  # (L, 3H) per sequence, a view
+        if not len(seq):
+            continue  # an all-padding row has no tokens to attend from
+        q, k, v = seq.view(1, -1, 3, num_heads, head_size).permute(2, 0, 3, 1, 4).unbind(0)
+        y = torch.nn.functional.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
+        out.append(y.transpose(1, 2).reshape(-1, three_h // 3))  # (L, H)
+    return torch.cat(out)

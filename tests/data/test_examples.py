@@ -15,7 +15,14 @@ import random
 import numpy as np
 import pytest
 
-from bertcli.data.examples import Corpus, MaskingSpec, assemble, document_pairs, mask_sequence
+from bertcli.data.examples import (
+    Corpus,
+    MaskingSpec,
+    assemble,
+    document_pairs,
+    exact_shuffle,
+    mask_sequence,
+)
 from bertcli.data.shards import find_shards, read_shard
 from bertcli.preprocess import PreprocessConfig, preprocess
 from bertcli.tokenizer import tokenizer_from_vocab
@@ -85,6 +92,17 @@ def test_80_10_10_and_random_next(valid_shard, uncased):
     nsp = shard.next_sentence_labels.mean()
     assert 0.45 < nsp < 0.6, nsp
     assert abs(result.random_next_fraction - nsp) < 0.05  # includes eval-free single shard
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 3, 5, 127, 128, 129, 509, 4096, 4097, 5000])
+def test_exact_shuffle_draws_what_random_shuffle_draws(n):
+    for seed in range(5):
+        ours, theirs = list(range(n)), list(range(n))
+        rng, ref = random.Random(f"{seed}:{n}"), random.Random(f"{seed}:{n}")
+        exact_shuffle(ours, rng)
+        ref.shuffle(theirs)
+        assert ours == theirs
+        assert rng.getstate() == ref.getstate()  # the same number of draws, too
 
 
 def test_pairs_follow_reference_rules():

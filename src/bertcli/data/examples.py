@@ -328,6 +328,29 @@ def assemble(tokens: np.ndarray, pair: Pair, max_seq_length: int, spec: MaskingS
     return ids, segments, length
 
 
+# bit lengths of 0..4096, looked up instead of calling int.bit_length in the shuffle's loop
+_BITS = [n.bit_length() for n in range(4097)]
+
+
+def exact_shuffle(items: list, rng: random.Random) -> None:
+    """Shuffle in place drawing exactly what `rng.shuffle(items)` draws, about 2.5x faster.
+
+    CPython's `Random.shuffle` swaps item i with item `_randbelow(i + 1)`, from the end down,
+    and `_randbelow(n)` takes `getrandbits(n.bit_length())` until the value is below n. This is
+    that loop with the per-item method call inlined; masking spends most of its time here (one
+    draw per candidate position), and reference parity needs the very same draws.
+    """
+    getrandbits = rng.getrandbits
+    bits = _BITS
+    for i in range(len(items) - 1, 0, -1):
+        n = i + 1
+        k = bits[n] if n < 4097 else n.bit_length()
+        r = getrandbits(k)
+        while r >= n:
+            r = getrandbits(k)
+        items[i], items[r] = items[r], items[i]
+
+
 def mask_sequence(
     ids: np.ndarray, length: int, spec: MaskingSpec, rng: random.Random
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -355,7 +378,7 @@ def mask_sequence(
                 words.append([i])
     else:
         words = candidates  # one piece per word: shuffling the positions draws the same
-    rng.shuffle(words)
+    exact_shuffle(words, rng)  # = rng.shuffle(words), draw for draw
     chosen: list[tuple[int, int]] = []  # (position, id shown)
     for word in words:
         if len(chosen) >= num_to_predict:
