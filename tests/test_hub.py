@@ -422,6 +422,24 @@ def test_pretrain_init_from_name_downloads_and_brings_its_tokenizer(hub, tmp_pat
     assert len(hub.requests) == before
 
 
+def test_evaluate_checkpoint_by_name_equals_its_snapshot_dir(hub, tmp_path):
+    """`evaluate --checkpoint NAME` fetches the checkpoint (first use) and scores exactly what
+    evaluating the snapshot directory it landed in scores; an unknown name is one line."""
+    text = tmp_path / "valid.txt"
+    text.write_text(require(WIKITEXT2 / "valid.txt").read_text()[:20_000])
+    env = _env(tmp_path, hub)
+    args = ["--data-text", text, "--max-seq-length", "32", "--max-batches", "2", "--json"]
+    by_name = _bertcli(env, "evaluate", "--checkpoint", "bert-base-uncased", *args)
+    assert by_name.returncode == 0, by_name.stderr
+    snapshot = next((tmp_path / "hf" / "hub" / "models--bert-base-uncased").glob("snapshots/*"))
+    by_dir = _bertcli(env, "evaluate", "--checkpoint", snapshot, *args)
+    assert by_dir.returncode == 0, by_dir.stderr
+    a, b = json.loads(by_name.stdout), json.loads(by_dir.stdout)
+    assert a["mlm_loss"] == b["mlm_loss"] and a["mlm_loss"] > 0
+    line = _one_error_line(_bertcli(env, "evaluate", "--checkpoint", "no-such-bert", *args))
+    assert "--checkpoint no-such-bert: no such directory, and not a model name" in line
+
+
 @pytest.mark.slow
 def test_torchrun_downloads_once_on_rank_0(hub, tmp_path):
     text = tmp_path / "domain.txt"

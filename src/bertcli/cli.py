@@ -695,7 +695,9 @@ def pretrain(
 @app.command("evaluate")
 def evaluate(
     checkpoint: Path = typer.Option(
-        ..., help="A checkpoint, a pretrain run dir (its newest checkpoint) or a transformers dir."
+        ...,
+        help="A checkpoint, a pretrain run dir (its newest checkpoint), a transformers dir, or a "
+        "published checkpoint by name (bert-base-uncased, org/name; downloaded on first use).",
     ),
     data_text: list[Path] = typer.Option(None, help="Evaluate on raw text files."),
     data_preprocessed: list[Path] = typer.Option(

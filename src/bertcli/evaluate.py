@@ -11,7 +11,7 @@ from bertcli.console import Reporter
 from bertcli.data.blend import open_shard_data
 from bertcli.data.datasets import TextDataset, collate
 from bertcli.errors import UserError
-from bertcli.hf import is_checkpoint_dir, load_pretrained
+from bertcli.hf import load_pretrained
 from bertcli.metrics import EvalSums
 from bertcli.model import BertForPreTraining, masked_positions
 from bertcli.tokenizer import BertTokenizer, load_tokenizer
@@ -112,16 +112,16 @@ def evaluate_checkpoint(
     whole_word_masking: bool = False,
     reporter: Reporter | None = None,
 ) -> dict[str, float | int]:
-    """Load any bertcli or transformers BERT directory and evaluate it."""
-    from bertcli.train.checkpoint import resolve_checkpoint
+    """Load any bertcli or transformers BERT directory, or a published checkpoint by name
+    (fetched into the Hugging Face cache on first use), and evaluate it."""
+    from bertcli.hub import resolve_model
 
-    checkpoint = resolve_checkpoint(checkpoint)
     if batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {batch_size}")
-    if not checkpoint.is_dir() or not is_checkpoint_dir(checkpoint):
-        raise UserError(f"--checkpoint {checkpoint} is not a BERT checkpoint directory")
     if (data_text is None) == (data_preprocessed is None):
         raise UserError("give exactly one of --data-text PATH or --data-preprocessed DIR")
+    name = str(checkpoint)
+    checkpoint = resolve_model(name, "--checkpoint", runtime, reporter)
     model = load_pretrained(checkpoint).to(runtime.device)
     config = model.config
     if data_preprocessed is not None:
@@ -134,15 +134,13 @@ def evaluate_checkpoint(
             dataset.max_seq_length,
             config.max_position_embeddings,
             "--data-preprocessed holds sequences of",
-            str(checkpoint),
+            name,
         )
         dataset.check_vocab(config.vocab_size)
     else:
-        check_positions(
-            max_seq_length, config.max_position_embeddings, "--max-seq-length", str(checkpoint)
-        )
+        check_positions(max_seq_length, config.max_position_embeddings, "--max-seq-length", name)
         tok = checkpoint_tokenizer(checkpoint, tokenizer)
-        check_vocab(tok, config.vocab_size, str(checkpoint))
+        check_vocab(tok, config.vocab_size, name)
         dataset = TextDataset(
             data_text,
             tok,

@@ -282,3 +282,45 @@ def cached_model(name: str) -> Path | None:
         return Path(fetch_model(name, local_only=True).directory)
     except UserError:
         return None
+
+
+def resolve_model(value: str, flag: str, runtime=None, log: Reporter | None = None) -> Path:
+    """A checkpoint dir, a run dir (its newest checkpoint), or a Hub model name, as a directory.
+
+    A name is fetched into the Hugging Face cache on first use; under torchrun (`runtime`)
+    rank 0 downloads while the others wait, and its error, if any, reaches every rank, so none
+    waits forever. Then the others read rank 0's files from the cache (or fetch them, when this
+    node has a cache of its own).
+    """
+    import torch.distributed as dist
+
+    from bertcli.hf import is_checkpoint_dir
+    from bertcli.train.checkpoint import resolve_checkpoint
+
+    path = resolve_checkpoint(value)
+    if path.exists():
+        if not path.is_dir() or not is_checkpoint_dir(path):
+            raise UserError(f"{flag} {value} is not a BERT checkpoint directory")
+        return path
+    if not is_model_name(str(value)):
+        raise UserError(
+            f"{flag} {value}: no such directory, and not a model name (known: "
+            f"{known_names()}; or any org/name BERT repo on the Hugging Face Hub)"
+        )
+    main = runtime is None or runtime.is_main
+    outcome: list[str | None] = [None]  # rank 0's error, if any
+    if main:
+        try:
+            snapshot = fetch_model(str(value), reporter=log).directory
+        except UserError as exc:
+            outcome = [str(exc)]
+    if runtime is not None and runtime.distributed:
+        dist.broadcast_object_list(outcome, src=0)
+    if outcome[0] is not None:
+        raise UserError(f"{flag} {outcome[0]}")
+    if not main:
+        cached = cached_model(str(value))
+        snapshot = str(cached) if cached is not None else fetch_model(str(value)).directory
+    if log is not None:
+        log.log(f"{flag} {value}: {snapshot}")
+    return Path(snapshot)

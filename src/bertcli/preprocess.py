@@ -240,8 +240,16 @@ def _blocks(
 class _ShardWriter:
     """Appends examples to fixed-size shards in a directory, one open shard at a time."""
 
-    def __init__(self, directory: Path, prefix: str, shard_size: int, attrs: dict | None = None):
+    def __init__(
+        self,
+        directory: Path,
+        prefix: str,
+        shard_size: int,
+        attrs: dict | None = None,
+        threads: int = 1,
+    ):
         self.directory, self.prefix, self.shard_size = directory, prefix, shard_size
+        self.threads = threads  # compressing chunks: --workers of them
         self.attrs = attrs  # the shard header: vocab_size, checked against the model at start
         self.current: ShardAppender | None = None
         self.shards = 0
@@ -253,7 +261,9 @@ class _ShardWriter:
             if self.current is None:
                 self.directory.mkdir(parents=True, exist_ok=True)
                 name = f"{self.prefix}_{self.shards:05d}.hdf5"
-                self.current = ShardAppender(self.directory / name, attrs=self.attrs)
+                self.current = ShardAppender(
+                    self.directory / name, attrs=self.attrs, threads=self.threads
+                )
             take = min(rows - start, self.shard_size - self.current.rows)
             self.current.append({k: v[start : start + take] for k, v in arrays.items()})
             self.examples += take
@@ -309,8 +319,8 @@ def _run(config, tokenizer, spec, files, directory: Path, reporter: Reporter) ->
     result = PreprocessResult(directory=str(directory))
     header = {"vocab_size": tokenizer.vocab_size}
     writers = {
-        "train": _ShardWriter(directory, "training", config.shard_size, header),
-        "eval": _ShardWriter(directory / "eval", "eval", config.shard_size, header),
+        "train": _ShardWriter(directory, "training", config.shard_size, header, config.workers),
+        "eval": _ShardWriter(directory / "eval", "eval", config.shard_size, header, config.workers),
     }
     total_bytes = sum(f.stat().st_size for f in files)
     reporter.start("Preprocessing", total=total_bytes, unit="bytes")

@@ -29,8 +29,8 @@ from bertcli.data.blend import describe_sources, open_shard_data
 from bertcli.data.datasets import TextDataset
 from bertcli.errors import UserError, writing
 from bertcli.evaluate import check_positions, check_vocab
-from bertcli.hf import is_checkpoint_dir, load_config, load_pretrained
-from bertcli.hub import cached_model, fetch_model, is_model_name, known_names
+from bertcli.hf import load_config, load_pretrained
+from bertcli.hub import resolve_model
 from bertcli.model import BertForPreTraining
 from bertcli.tokenizer import (
     BertTokenizer,
@@ -74,38 +74,9 @@ def resolve_data(config: PretrainConfig, log: Reporter) -> tuple[list[Path], lis
 def resolve_init_from(
     value: str, runtime: Runtime | None = None, log: Reporter | None = None
 ) -> Path:
-    """A checkpoint dir, a run dir (its newest checkpoint), or a Hub model name.
-
-    A name is fetched into the Hugging Face cache on first use (`bertcli.hub`); under torchrun
-    rank 0 downloads while the others wait, then they read its files from the cache.
-    """
-    path = resolve_checkpoint(value)
-    if path.exists():
-        if not path.is_dir() or not is_checkpoint_dir(path):
-            raise UserError(f"--init-from {value} is not a BERT checkpoint directory")
-        return path
-    if not is_model_name(value):
-        raise UserError(
-            f"--init-from {value}: no such directory, and not a model name (known: "
-            f"{known_names()}; or any org/name BERT repo on the Hugging Face Hub)"
-        )
-    main = runtime is None or runtime.is_main
-    outcome: list[str | None] = [None]  # rank 0's error, if any, so no rank waits forever
-    if main:
-        try:
-            snapshot = fetch_model(value, reporter=log).directory
-        except UserError as exc:
-            outcome = [str(exc)]
-    if runtime is not None and runtime.distributed:
-        dist.broadcast_object_list(outcome, src=0)
-    if outcome[0] is not None:
-        raise UserError(f"--init-from {outcome[0]}")
-    if not main:  # rank 0's files, unless this node has its own cache: then fetch them here
-        cached = cached_model(value)
-        snapshot = str(cached) if cached is not None else fetch_model(value).directory
-    if log is not None:
-        log.log(f"--init-from {value}: {snapshot}")
-    return Path(snapshot)
+    """--init-from: a checkpoint dir, a run dir (its newest checkpoint), or a Hub model name
+    (fetched on first use, rank 0 first; see `hub.resolve_model`)."""
+    return resolve_model(value, "--init-from", runtime, log)
 
 
 def _optimizer_checkpoint(value: str | None) -> Path | None:
@@ -275,7 +246,9 @@ def _run(
 
     torch.manual_seed(config.train.seed)
     # where the position table comes from, for the one-line length error
-    source = str(resume_dir or config.init_from or config.config_file or f"--preset {config.preset}")
+    source = str(
+        resume_dir or config.init_from or config.config_file or f"--preset {config.preset}"
+    )
     if config.data_mode == "text":
         check_positions(
             config.max_seq_length, model_config.max_position_embeddings, "--max-seq-length", source

@@ -57,15 +57,17 @@ def test_round_trip(tmp_path, compression):
     assert shard_length(tmp_path / "s.hdf5") == (10, 16, 3)
 
 
-@pytest.mark.parametrize("compression", ["gzip", None])
-def test_appender_chunks_cross_blocks_and_equal_h5py_filters(tmp_path, compression):
+@pytest.mark.parametrize("compression,threads", [("gzip", 1), ("gzip", 3), (None, 1)])
+def test_appender_chunks_cross_blocks_and_equal_h5py_filters(tmp_path, compression, threads):
     """Uneven blocks that start and end inside chunks: the pre-encoded chunks (byte shuffle and
     deflate done by us, written raw) decode through HDF5's own filters to exactly the rows
     appended, and the file holds the same bytes of data as h5py compressing them itself."""
     from bertcli.data.shards import ShardAppender
 
     blocks = [random_arrays(n, seq=128, pred=20, seed=n) for n in (1000, 30, 2500, 1, 1024)]
-    appender = ShardAppender(tmp_path / "s.hdf5", compression=compression, attrs={"vocab_size": 7})
+    appender = ShardAppender(
+        tmp_path / "s.hdf5", compression=compression, attrs={"vocab_size": 7}, threads=threads
+    )
     for block in blocks:
         appender.append({key: getattr(block, key) for key in KEYS})
     appender.close()

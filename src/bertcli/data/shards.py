@@ -19,7 +19,6 @@ checked by value (`check_values`) when each shard is opened.
 
 from __future__ import annotations
 
-import os
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -176,7 +175,7 @@ class ShardAppender:
     shard; the file appears under its final name only on `close()`.
 
     Compressed shards are written chunk by chunk: rows collect until they fill a chunk, chunks
-    are shuffled and deflated in a thread pool (`encode_chunk`) and written raw with
+    are shuffled and deflated by `threads` threads (`encode_chunk`) and written raw with
     `write_direct_chunk`; the last, partial chunk is zero-filled (HDF5's fill value) on `close()`.
     Any HDF5 reader decodes them with its standard filters.
 
@@ -188,6 +187,7 @@ class ShardAppender:
         path: str | Path,
         compression: str | None = "gzip",
         attrs: dict[str, int] | None = None,
+        threads: int = 1,
     ):
         if compression not in ("gzip", None):
             raise ValueError(f"compression must be 'gzip' or None, got {compression!r}")
@@ -201,6 +201,7 @@ class ShardAppender:
         self.bytes = 0  # uncompressed: what the shard needs at most
         self.pending: dict[str, np.ndarray] = {}  # rows past the last full chunk, per key
         self.written: dict[str, int] = {}  # rows written as full chunks, per key
+        self.threads = max(1, threads)  # preprocess passes --workers: N workers, N cores
         self.encoders: ThreadPoolExecutor | None = None
 
     def append(self, arrays: dict[str, np.ndarray]) -> None:
@@ -250,10 +251,13 @@ class ShardAppender:
         """Encode `chunks` (full chunk shape) in threads, write them in order after the last."""
         if not chunks:
             return
-        if self.encoders is None:
-            self.encoders = ThreadPoolExecutor(min(8, os.cpu_count() or 1), "bertcli-shard")
+        if self.threads == 1:
+            encoded = [encode_chunk(chunk) for chunk in chunks]
+        else:
+            if self.encoders is None:
+                self.encoders = ThreadPoolExecutor(self.threads, "bertcli-shard")
+            encoded = list(self.encoders.map(encode_chunk, chunks))
         dataset = self.file[key]
-        encoded = list(self.encoders.map(encode_chunk, chunks))
         start = self.written[key]
         dataset.resize(
             max(dataset.shape[0], min(self.rows, start + len(chunks) * len(chunks[0]))), axis=0
