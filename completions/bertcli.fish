@@ -31,7 +31,7 @@ complete -c bertcli -n '__fish_seen_subcommand_from download' -l input -r -F -d 
 complete -c bertcli -n '__fish_seen_subcommand_from download' -l workers -d 'wikipedia: extraction processes (default: all cores).'
 complete -c bertcli -n '__fish_seen_subcommand_from download' -l part-size -d 'wikipedia: MB per JSON-lines part.'
 complete -c bertcli -n '__fish_seen_subcommand_from download' -l json -d 'Print a JSON summary, no progress.'
-complete -c bertcli -n '__fish_seen_subcommand_from evaluate' -l checkpoint -r -F -d 'A checkpoint, a pretrain run dir (its newest checkpoint) or a transformers dir.'
+complete -c bertcli -n '__fish_seen_subcommand_from evaluate' -l checkpoint -r -F -d 'A checkpoint, a pretrain run dir (its newest checkpoint), a transformers dir, or a published checkpoint by name (bert-base-uncased, org/name; downloaded on first use).'
 complete -c bertcli -n '__fish_seen_subcommand_from evaluate' -l data-text -r -F -d 'Evaluate on raw text files.'
 complete -c bertcli -n '__fish_seen_subcommand_from evaluate' -l data-preprocessed -r -F -d 'Or on shard directories (repeatable; every example of each, once).'
 complete -c bertcli -n '__fish_seen_subcommand_from evaluate' -l tokenizer -r -F -d 'Tokenizer for text data (default: the checkpoint'\''s).'

@@ -314,6 +314,8 @@ def resolve_model(value: str, flag: str, runtime=None, log: Reporter | None = No
             snapshot = fetch_model(str(value), reporter=log).directory
         except UserError as exc:
             outcome = [str(exc)]
+        except ValueError as exc:  # huggingface_hub refusing a repo id our pattern let through
+            outcome = [f"{value}: not a valid Hub repo id ({exc})"]
     if runtime is not None and runtime.distributed:
         dist.broadcast_object_list(outcome, src=0)
     if outcome[0] is not None:

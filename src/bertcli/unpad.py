@@ -92,4 +92,6 @@ def attend_each(qkv: torch.Tensor, u: Unpadding, num_heads: int, dropout: float)
         q, k, v = seq.view(1, -1, 3, num_heads, head_size).permute(2, 0, 3, 1, 4).unbind(0)
         y = torch.nn.functional.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
         out.append(y.transpose(1, 2).reshape(-1, three_h // 3))  # (L, H)
+    if not out:  # a batch of all padding
+        return qkv.new_zeros(0, three_h // 3)
     return torch.cat(out)
