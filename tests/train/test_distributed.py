@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 from bertcli.train.checkpoint import latest_checkpoint
-from tests.train.conftest import TINY
+from tests.train.conftest import TINY, pretrain_command
 
 
 def test_torchrun_two_processes(corpus, tokenizer_dir, tmp_path):
@@ -64,36 +64,14 @@ def test_torchrun_resume_is_exact(corpus, tokenizer_dir, tmp_path):
     import shutil
 
     def run(out, *extra):
-        command = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc-per-node",
-            "2",
-            "-m",
-            "bertcli",
-            "pretrain",
-            "--data-text",
-            "--train-data",
-            str(corpus / "train.txt"),
-            "--tokenizer",
-            str(tokenizer_dir),
-            "--out",
-            str(out),
-            *TINY,
-            "--max-steps",
-            "8",
-            "--log-every",
-            "1",
-            "--save-every",
-            "4",
-            "--lr",
-            "1e-3",
-            "--device",
-            "cpu",
-            *extra,
-        ]
+        launcher = (sys.executable, "-m", "torch.distributed.run", "--standalone")
+        command = pretrain_command(
+            corpus,
+            tokenizer_dir,
+            out,
+            *("--max-steps", "8", "--save-every", "4", "--lr", "1e-3", *extra),
+            launcher=(*launcher, "--nproc-per-node", "2"),
+        )
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=240)
         log = out.parent / f"{out.name}.stderr"  # inside the test's own temp dir
