@@ -8,42 +8,24 @@ import subprocess
 import sys
 
 from bertcli.train.checkpoint import latest_checkpoint
-from tests.train.conftest import TINY, pretrain_command
+from tests.train.conftest import pretrain_command
+
+# two gloo ranks on this machine
+TORCHRUN_2 = (
+    sys.executable,
+    "-m",
+    "torch.distributed.run",
+    "--standalone",
+    "--nproc-per-node",
+    "2",
+)
 
 
 def test_torchrun_two_processes(corpus, tokenizer_dir, tmp_path):
     out = tmp_path / "ddp"
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc-per-node",
-        "2",
-        "--standalone",
-        "-m",
-        "bertcli",
-        "pretrain",
-        "--data-text",
-        "--train-data",
-        str(corpus / "train.txt"),
-        "--eval-data",
-        str(corpus / "valid.txt"),
-        "--tokenizer",
-        str(tokenizer_dir),
-        "--out",
-        str(out),
-        *TINY,
-        "--max-steps",
-        "6",
-        "--log-every",
-        "1",
-        "--batches-per-step",
-        "2",
-        "--save-every",
-        "3",
-        "--device",
-        "cpu",
-    ]
+    extra = ["--eval-data", str(corpus / "valid.txt"), "--max-steps", "6"]
+    extra += ["--batches-per-step", "2", "--save-every", "3"]
+    command = pretrain_command(corpus, tokenizer_dir, out, *extra, launcher=TORCHRUN_2)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=240)
     if proc.returncode:  # the whole log, inside the test's own temp dir
@@ -64,13 +46,12 @@ def test_torchrun_resume_is_exact(corpus, tokenizer_dir, tmp_path):
     import shutil
 
     def run(out, *extra):
-        launcher = (sys.executable, "-m", "torch.distributed.run", "--standalone")
         command = pretrain_command(
             corpus,
             tokenizer_dir,
             out,
             *("--max-steps", "8", "--save-every", "4", "--lr", "1e-3", *extra),
-            launcher=(*launcher, "--nproc-per-node", "2"),
+            launcher=TORCHRUN_2,
         )
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=240)
