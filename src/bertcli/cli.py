@@ -34,6 +34,9 @@ def _flags_without_metavar(params: list) -> None:
             param.metavar = ""
 
 
+_INVOCATION: list[str] = []  # the command line being run, for run.json and the model card
+
+
 class _OneLineErrors(TyperGroup):
     """Run commands non-standalone so errors can be reported as a single stderr line; list
     commands in pipeline order; show flags without a value type."""
@@ -54,6 +57,7 @@ class _OneLineErrors(TyperGroup):
         return command
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        _INVOCATION[:] = ["bertcli", *(sys.argv[1:] if args is None else list(args))]
         try:
             rv = super().main(
                 args=args,
@@ -604,6 +608,9 @@ def pretrain(
     keep_last: int = _option(TrainConfig, "keep_last"),
     resume: bool = _option(PretrainConfig, "resume", "--resume"),
     allow_changes: bool = _option(TrainConfig, "allow_changes", "--allow-changes"),
+    license: str | None = _option(PretrainConfig, "license"),
+    language: list[str] = _option(PretrainConfig, "language"),
+    push_to: str | None = _option(PretrainConfig, "push_to"),
     json_output: bool = typer.Option(False, "--json", help="Print a JSON summary, no progress."),
 ) -> None:
     """Pretrain BERT with masked-LM (+ next-sentence) loss; DDP under torchrun.
@@ -678,6 +685,10 @@ def pretrain(
         precision=precision.value,
         resume=resume,
         train=train_config,
+        license=license,
+        language=list(language or []),
+        push_to=push_to,
+        command=list(_INVOCATION),
     )
     reporter = make_reporter(json_output)
     runtime = init_runtime(config.device, config.precision)
@@ -770,6 +781,45 @@ def evaluate(
     for key, value in result.items():
         table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
     stdout.print(table)
+
+
+@app.command("push")
+def push(
+    path: Path = typer.Argument(
+        ..., help="A checkpoint, a run directory (its newest checkpoint) or a finetune --out."
+    ),
+    repo_id: str = typer.Argument(..., help="The Hub model repo, org/name (created if missing)."),
+    private: bool = typer.Option(False, "--private", help="Create the repo private."),
+    revision: str | None = typer.Option(
+        None, help="Commit to this branch (created from main if missing; default main)."
+    ),
+    message: str | None = typer.Option(None, help="The commit message."),
+    include_trainer_state: bool = typer.Option(
+        False,
+        "--include-trainer-state",
+        help="Also upload trainer_state.pt/.json (bertcli's resume state; not needed to use it).",
+    ),
+    json_output: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Upload a checkpoint's model, tokenizer and model card to the Hugging Face Hub.
+
+    Example: bertcli push outputs/run my-org/my-bert --private
+    """
+    from dataclasses import asdict
+
+    from bertcli.console import make_reporter
+    from bertcli.hub import push_checkpoint
+
+    pushed = push_checkpoint(
+        path,
+        repo_id,
+        private=private,
+        revision=revision,
+        message=message,
+        include_state=include_trainer_state,
+        reporter=make_reporter(json_output),
+    )
+    _report(asdict(pushed), json_output, pushed.commit_url)
 
 
 def _load_tokenizer(tokenizer: Path | None, vocab_file: Path | None, lowercase: bool | None):

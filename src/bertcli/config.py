@@ -419,6 +419,18 @@ class PretrainConfig:
         False, "Continue from the newest complete checkpoint (a damaged one is skipped)."
     )
     train: TrainConfig = field(default_factory=TrainConfig)
+    # issue 21: the model card and the Hub (what the card says and where the model goes)
+    license: str | None = _opt(
+        None, "Model card: the license id the Hub knows (apache-2.0, mit, cc-by-4.0 …)."
+    )
+    language: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Model card: a language code of the training text (repeatable: en …)."},
+    )
+    push_to: str | None = _opt(
+        None, "Push the final model to this Hub repo (org/name) when the run ends (rank 0)."
+    )
+    command: list[str] = field(default_factory=list)  # the command line, for run.json and the card
 
     def __post_init__(self) -> None:
         if self.data_mode not in ("text", "preprocessed"):

@@ -326,3 +326,215 @@ def resolve_model(value: str, flag: str, runtime=None, log: Reporter | None = No
     if log is not None:
         log.log(f"{flag} {value}: {snapshot}")
     return Path(snapshot)
+
+
+# ---- push: a checkpoint to a Hub model repo ------------------------------------------------
+
+# What a transformers user needs from a checkpoint (the rest stays home unless asked)
+PUSH_FILES = (
+    CONFIG_FILE,
+    *WEIGHT_FILES,
+    "vocab.txt",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "README.md",
+)
+STATE_FILES = ("trainer_state.pt", "trainer_state.json")  # bertcli's resume state
+_LOGIN_HINT = "run `hf auth login` or set HF_TOKEN to a token with write access"
+
+
+@dataclass
+class Push:
+    """What `push_checkpoint` committed."""
+
+    repo_id: str
+    repo_url: str
+    commit_url: str
+    commit: str
+    revision: str
+    directory: str  # the checkpoint directory that was uploaded
+    files: list[str] = field(default_factory=list)
+    private: bool = False
+
+
+def push_source(path: str | Path) -> Path:
+    """The checkpoint directory behind PATH: a checkpoint, a run directory (its newest
+    checkpoint) or a `finetune` output (its `model/`)."""
+    from bertcli.hf import is_checkpoint_dir
+    from bertcli.train.checkpoint import resolve_checkpoint
+
+    given = Path(path)
+    if not given.exists():
+        raise UserError(f"push: {path}: no such directory")
+    if given.is_dir() and not is_checkpoint_dir(given) and is_checkpoint_dir(given / "model"):
+        return given / "model"  # bertcli finetune --out
+    found = resolve_checkpoint(given)
+    if not found.is_dir() or not is_checkpoint_dir(found):
+        raise UserError(
+            f"push: {path} is not a checkpoint (config.json + model.safetensors), a run "
+            "directory with checkpoints/, or a finetune output with model/"
+        )
+    return found
+
+
+def check_push_target(repo_id: str, flag: str = "REPO_ID") -> None:
+    """Refuse, before any work, a repo id the Hub would refuse, HF_HUB_OFFLINE, or no token."""
+    from huggingface_hub import get_token
+
+    if "/" in repo_id and repo_id.split("/", 1)[0] in ("datasets", "spaces", "models"):
+        raise UserError(f"{flag} {repo_id}: give the model repo as org/name (no type prefix)")
+    if not _REPO_ID.match(repo_id) or ".." in repo_id or "--" in repo_id:
+        raise UserError(f"{flag} {repo_id}: not a valid Hub repo id (org/name or name)")
+    if _offline():
+        raise UserError(f"cannot push {repo_id}: HF_HUB_OFFLINE is set (unset it to upload)")
+    if get_token() is None:
+        raise UserError(f"cannot push {repo_id}: no Hugging Face token; {_LOGIN_HINT}")
+
+
+def push_checkpoint(
+    path: str | Path,
+    repo_id: str,
+    *,
+    private: bool = False,
+    revision: str | None = None,
+    message: str | None = None,
+    token: str | None = None,
+    include_state: bool = False,
+    reporter: Reporter | None = None,
+) -> Push:
+    """Upload a checkpoint's transformers files (config, weights, tokenizer, model card) to the
+    model repo `repo_id`, creating it (and the branch `revision`) when missing.
+
+    `create_repo(exist_ok=True)` + `upload_folder`: one commit, large files through the
+    client's LFS/Xet uploads and retries. `include_state` adds bertcli's trainer state.
+    Every failure becomes one `UserError`.
+    """
+    from huggingface_hub import HfApi
+
+    directory = push_source(path)
+    check_push_target(repo_id)
+    refresh_card(directory, repo_id)
+    patterns = [*PUSH_FILES, *(STATE_FILES if include_state else ())]
+    files = [name for name in patterns if (directory / name).is_file()]
+    reporter = reporter or Reporter()
+    api = HfApi(token=token)
+    with _quiet_client(), _push_errors(api, repo_id, revision):
+        repo_url = api.create_repo(repo_id, private=private, repo_type="model", exist_ok=True)
+        target = revision or "main"
+        if revision is not None and revision != "main":
+            api.create_branch(repo_id, branch=revision, repo_type="model", exist_ok=True)
+        reporter.log(f"uploading {len(files)} files of {directory} to {repo_id}@{target}")
+        info = api.upload_folder(
+            repo_id=repo_id,
+            folder_path=directory,
+            repo_type="model",
+            revision=target,
+            allow_patterns=files,
+            commit_message=message or f"Upload {directory.name} with bertcli",
+        )
+    return Push(
+        repo_id=repo_id,
+        repo_url=str(repo_url),
+        commit_url=info.commit_url,
+        commit=info.oid,
+        revision=target,
+        directory=str(directory),
+        files=files,
+        private=private,
+    )
+
+
+@contextmanager
+def _push_errors(api, repo_id: str, revision: str | None) -> Iterator[None]:
+    """The client's exceptions during a push, as one line each."""
+    from huggingface_hub import errors
+    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
+
+    transport_error = getattr(errors, "HTTPError", OSError)
+    try:
+        yield
+    except RepositoryNotFoundError as exc:
+        status = exc.response.status_code if exc.response is not None else None
+        if status == 401:
+            raise UserError(
+                f"cannot push {repo_id}: the Hub rejected the token (HTTP 401); {_LOGIN_HINT}"
+            ) from None
+        other = _other_type(api, repo_id)
+        if other is not None:
+            raise UserError(
+                f"cannot push {repo_id}: it is a {other} repo on the Hub, not a model repo; "
+                "push to another name"
+            ) from None
+        raise UserError(
+            f"cannot push {repo_id}: the Hub has no such model repo and did not create it"
+        ) from None
+    except HfHubHTTPError as exc:
+        status = exc.response.status_code if exc.response is not None else None
+        if status == 401:
+            raise UserError(
+                f"cannot push {repo_id}: the Hub rejected the token (HTTP 401); {_LOGIN_HINT}"
+            ) from None
+        if status == 403:
+            raise UserError(
+                f"cannot push {repo_id}: the token may not write there (HTTP 403); use a token "
+                "with write access to that namespace (hf auth login, or HF_TOKEN)"
+            ) from None
+        if status == 409:
+            other = _other_type(api, repo_id)
+            if other is not None:
+                raise UserError(
+                    f"cannot push {repo_id}: it is a {other} repo on the Hub, not a model "
+                    "repo; push to another name"
+                ) from None
+        where = f" (revision {revision})" if revision else ""
+        raise UserError(f"cannot push {repo_id}{where}: the Hub answered HTTP {status}") from None
+    except transport_error as exc:
+        raise UserError(
+            f"cannot push {repo_id}: cannot reach {_endpoint()} ({type(exc).__name__}); check "
+            "the network (or HF_ENDPOINT) and run again"
+        ) from None
+    except ValueError as exc:  # the client refusing a repo id or a malformed server answer
+        raise UserError(f"cannot push {repo_id}: {str(exc).splitlines()[0]}") from None
+
+
+def _other_type(api, repo_id: str) -> str | None:
+    """`dataset` or `space` when `repo_id` exists as that type (the Hub shares the name)."""
+    for kind in ("dataset", "space"):
+        try:
+            if api.repo_exists(repo_id, repo_type=kind):
+                return kind
+        except Exception:  # noqa: BLE001 - a probe for a better message, never the error itself
+            continue
+    return None
+
+
+def refresh_card(directory: Path, repo_id: str | None) -> Path | None:
+    """(Re)write the model card of a checkpoint from its run's record, naming `repo_id` in the
+    usage code; a README.md the user wrote is left alone, as is a directory with no record.
+
+    A pretrain checkpoint's record is `RUN/run.json` + `RUN/metrics.jsonl` (up to its step);
+    a finetune `model/`'s is `OUT/results.json` (+ `OUT/run.json`, if any)."""
+    from bertcli.modelcard import CARD_FILE, is_bertcli_card, run_metrics, write_model_card
+
+    card = directory / CARD_FILE
+    if card.is_file() and not is_bertcli_card(card):
+        return None
+    results = directory.parent / "results.json"
+    run_dir = directory.parent.parent if directory.parent.name == "checkpoints" else None
+    try:
+        if results.is_file():
+            run_file = directory.parent / "run.json"
+            run = json.loads(run_file.read_text(encoding="utf-8")) if run_file.is_file() else {}
+            task = json.loads(results.read_text(encoding="utf-8"))
+            return write_model_card(directory, run, None, task_results=task, repo_id=repo_id)
+        if run_dir is not None and (run_dir / "run.json").is_file():
+            run = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+            state = directory / "trainer_state.json"
+            step = json.loads(state.read_text())["step"] if state.is_file() else None
+            if step is not None and (run.get("result") or {}).get("steps") != step:
+                run = {**run, "result": {"steps": step}}  # an earlier checkpoint than the end
+            return write_model_card(directory, run, run_metrics(run_dir, step), repo_id=repo_id)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"push: cannot write the model card of {directory} ({exc})") from None
+    return None

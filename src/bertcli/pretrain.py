@@ -230,6 +230,10 @@ def _text_data(runtime: Runtime, files, tokenizer, flag: str, log: Reporter, opt
 def _run(
     config: PretrainConfig, runtime: Runtime, log: Reporter, cleanup: contextlib.ExitStack
 ) -> dict[str, Any]:
+    if config.push_to:  # no token or HF_HUB_OFFLINE: say so now, not after the training
+        from bertcli.hub import check_push_target
+
+        check_push_target(config.push_to, "--push-to")
     out = _out_dir(config, runtime)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a directory")
@@ -303,12 +307,16 @@ def _run(
     model.to(runtime.device)
     torch.manual_seed(config.train.seed + runtime.rank)
 
+    device_names = _device_names(runtime)  # a collective: every rank names its device
     if runtime.is_main:
         out.mkdir(parents=True, exist_ok=True)
         model_config.save(out / "bert-config.json")
         sources = {  # the shard directories, weights and examples per epoch actually used
             "train_sources": describe_sources(train_data),
             "eval_sources": describe_sources(eval_data),
+            "device_names": device_names,
+            "corpus": _corpus_facts(train_files, eval_files, train_data, eval_data),
+            "tokenizer_extension": _tokenizer_extension(tokenizer),
         }
         _write_run_json(out, config, runtime, model, train_files, eval_files, tokenizer, sources)
     runtime.barrier()
@@ -328,13 +336,115 @@ def _run(
             "max_seq_length": getattr(train_data, "max_seq_length", config.max_seq_length),
         },
     )
+    started, first_step = time.perf_counter(), trainer.step  # resumed: the checkpoint's step
     try:
         result = trainer.fit()
     finally:
         trainer.close()
     result["out"] = str(out)
     result["total_steps"] = trainer.total_steps
+    if runtime.is_main:
+        _publish(config, out, trainer, result, time.perf_counter() - started, first_step, log)
     return result
+
+
+def _publish(config, out: Path, trainer, result: dict, wall_s: float, first_step: int, log) -> None:
+    """Rank 0, after the final save: record how the run ended in run.json, write the model
+    card into the final checkpoint, and push it when --push-to asks."""
+    from bertcli.modelcard import write_model_card
+
+    cfg = trainer.config
+    global_batch = cfg.batch_size * cfg.batches_per_step * trainer.runtime.world_size
+    seq_len = getattr(trainer.train_data, "max_seq_length", config.max_seq_length)
+    run = json.loads((out / "run.json").read_text(encoding="utf-8"))
+    run["result"] = {
+        "steps": trainer.step,
+        "steps_this_invocation": trainer.step - first_step,
+        "global_batch": global_batch,
+        "sequences_seen": trainer.step * global_batch,
+        "token_positions_seen": trainer.step * global_batch * seq_len,
+        "warmup_steps": trainer.warmup,
+        "wall_time_s": round(wall_s, 3),  # this invocation's (a resumed run: since --resume)
+        "resumed_from_step": first_step or None,
+        "stopped_early": result.get("stopped_early", False),
+        "checkpoint": result["checkpoint"],
+    }
+    write_text_atomic(out / "run.json", json.dumps(run, indent=2) + "\n")
+    card = write_model_card(
+        result["checkpoint"],
+        run,
+        {"train": result.get("train") or None, "eval": result.get("eval") or None},
+        repo_id=config.push_to,
+    )
+    result["model_card"] = str(card)
+    if config.push_to:
+        from bertcli.hub import push_checkpoint
+
+        pushed = push_checkpoint(result["checkpoint"], config.push_to, reporter=log)
+        log.log(f"pushed {result['checkpoint']} to {pushed.commit_url}")
+        result["pushed"] = pushed.commit_url
+
+
+def _device_names(runtime: Runtime) -> list[str]:
+    """Each rank's device by name (the GPU model, or the CPU's), gathered in rank order."""
+    if runtime.device.type == "cuda":
+        name = torch.cuda.get_device_name(runtime.device)
+    else:
+        name = _cpu_name()
+    if not runtime.distributed:
+        return [name]
+    names: list[str | None] = [None] * runtime.world_size
+    dist.all_gather_object(names, name)
+    return [str(n) for n in names]
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"CPU ({line.split(':', 1)[1].strip()})"
+    except OSError:
+        pass
+    return f"CPU ({platform.processor() or platform.machine()})"
+
+
+def _corpus_facts(train_files, eval_files, train_data, eval_data) -> dict[str, Any]:
+    """File names and sizes, and (text data) the token counts under the run's tokenizer."""
+
+    def sizes(files) -> list[dict[str, Any]]:
+        return [
+            {"path": str(p), "bytes": os.path.getsize(p) if Path(p).is_file() else None}
+            for p in files
+        ]
+
+    facts: dict[str, Any] = {"train_files": sizes(train_files), "eval_files": sizes(eval_files)}
+    for split, data in (("train", train_data), ("eval", eval_data)):
+        stats = getattr(data, "stats", None)
+        if stats is not None:
+            facts[f"{split}_tokens"] = int(stats.tokens)
+            facts[f"{split}_documents"] = int(stats.documents)
+    return facts
+
+
+def _tokenizer_extension(tokenizer: BertTokenizer | None) -> dict[str, Any] | None:
+    """A summary of the tokenizer's `extension.json` (build-tokenizer --extend), if it has one:
+    the base's identity, how many pieces were added and how many took `[unused*]` slots."""
+    if tokenizer is None or not tokenizer.path:
+        return None
+    path = Path(tokenizer.path)
+    path = (path if path.is_dir() else path.parent) / "extension.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    pieces = next((v for v in data.values() if isinstance(v, list)), [])
+    slots = [p for p in pieces if isinstance(p, dict) and any(
+        "slot" in k and v is True for k, v in p.items()
+    )]  # fmt: skip
+    base = data.get("base") if isinstance(data.get("base"), dict) else {}
+    return {"base": base, "added": len(pieces), "slots": len(slots) if pieces else None}
 
 
 def _write_run_json(
@@ -353,6 +463,7 @@ def _write_run_json(
         "parameters": model.num_parameters(),
         "train_files": [str(p) for p in train_files],
         "eval_files": [str(p) for p in eval_files],
+        "command": list(config.command),
         **(sources or {}),
         "tokenizer": str(tokenizer.path) if tokenizer is not None and tokenizer.path else None,
         "config": json.loads(json.dumps(asdict(config), default=str)),
