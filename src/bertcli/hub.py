@@ -419,12 +419,16 @@ def push_checkpoint(
     files = [name for name in patterns if (directory / name).is_file()]
     reporter = reporter or Reporter()
     api = HfApi(token=token)
-    with _quiet_client(), _push_errors(api, repo_id, revision):
+    with _quiet_client(), _client_bars(reporter), _push_errors(api, repo_id, revision):
         repo_url = api.create_repo(repo_id, private=private, repo_type="model", exist_ok=True)
         target = revision or "main"
         if revision is not None and revision != "main":
             api.create_branch(repo_id, branch=revision, repo_type="model", exist_ok=True)
-        reporter.log(f"uploading {len(files)} files of {directory} to {repo_id}@{target}")
+        size = sum((directory / name).stat().st_size for name in files)
+        reporter.log(
+            f"uploading {len(files)} files ({size / 1e6:.1f} MB) of {directory} to "
+            f"{repo_id}@{target}"
+        )
         info = api.upload_folder(
             repo_id=repo_id,
             folder_path=directory,
@@ -443,6 +447,28 @@ def push_checkpoint(
         files=files,
         private=private,
     )
+
+
+@contextmanager
+def _client_bars(reporter: Reporter) -> Iterator[None]:
+    """The client's own upload bars on a terminal (bertcli's rich reporter); none off one
+    (--json, logs), where bertcli's plain lines say what happens."""
+    from huggingface_hub.utils import (
+        are_progress_bars_disabled,
+        disable_progress_bars,
+        enable_progress_bars,
+    )
+
+    from bertcli.console import RichReporter
+
+    if isinstance(reporter, RichReporter) or are_progress_bars_disabled():
+        yield
+        return
+    disable_progress_bars()
+    try:
+        yield
+    finally:
+        enable_progress_bars()
 
 
 @contextmanager
