@@ -5,7 +5,7 @@ _bertcli() {
     prev="${COMP_WORDS[COMP_CWORD-1]}"
     local cmd="${COMP_WORDS[1]}"
     if [[ $COMP_CWORD -eq 1 ]]; then
-        COMPREPLY=($(compgen -W 'build-tokenizer download evaluate export-config preprocess pretrain --help --version' -- "$cur"))
+        COMPREPLY=($(compgen -W 'build-tokenizer download evaluate export-config preprocess pretrain push --help --version' -- "$cur"))
         return
     fi
     case "$cmd" in
@@ -71,7 +71,12 @@ _bertcli() {
                 --device) COMPREPLY=($(compgen -W 'auto cpu cuda' -- "$cur")); return ;;
                 --out) COMPREPLY=($(compgen -f -- "$cur")); return ;;
             esac
-            COMPREPLY=($(compgen -W '--data-text --data-preprocessed --train-data --eval-data --tokenizer --vocab-file --vocab-size --preset --num-hidden-layers --hidden-size --num-attention-heads --intermediate-size --hidden-act --config-file --init-from --init-optimizer-from --nsp --no-nsp --max-seq-length --masked-lm-prob --max-predictions-per-seq --whole-word-masking --no-whole-word-masking --short-seq-prob --input-format --hidden-dropout --attention-dropout --optimizer --lr --weight-decay --beta1 --beta2 --eps --lr-policy --warmup-ratio --warmup-steps --min-lr --lr-power --max-steps --num-epochs --batch-size --batches-per-step --max-grad-norm --precision --device --compile --label-smoothing --num-workers --seed --out --log-every --eval-every --eval-batches --eval-batch-size --save-every --save-every-epochs --keep-last --resume --allow-changes --json --help' -- "$cur"))
+            COMPREPLY=($(compgen -W '--data-text --data-preprocessed --train-data --eval-data --tokenizer --vocab-file --vocab-size --preset --num-hidden-layers --hidden-size --num-attention-heads --intermediate-size --hidden-act --config-file --init-from --init-optimizer-from --nsp --no-nsp --max-seq-length --masked-lm-prob --max-predictions-per-seq --whole-word-masking --no-whole-word-masking --short-seq-prob --input-format --hidden-dropout --attention-dropout --optimizer --lr --weight-decay --beta1 --beta2 --eps --lr-policy --warmup-ratio --warmup-steps --min-lr --lr-power --max-steps --num-epochs --batch-size --batches-per-step --max-grad-norm --precision --device --compile --label-smoothing --num-workers --seed --out --log-every --eval-every --eval-batches --eval-batch-size --save-every --save-every-epochs --keep-last --resume --allow-changes --license --language --push-to --json --help' -- "$cur"))
+            ;;
+        push)
+            case "$prev" in
+            esac
+            COMPREPLY=($(compgen -W '--private --revision --message --include-trainer-state --json --help' -- "$cur"))
             ;;
     esac
 }

@@ -10,6 +10,7 @@ import torch
 from bertcli import __version__
 
 COMMANDS = ["download", "build-tokenizer", "preprocess", "pretrain", "evaluate", "export-config"]
+COMMANDS.append("push")  # issue 21: publish a checkpoint to the Hub
 
 
 def test_version(invoke):

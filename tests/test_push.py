@@ -259,3 +259,19 @@ def test_pretrain_push_to_without_a_token_stops_before_training(tmp_path):
     result = _bertcli(env, *args, "--out", tmp_path / "run", "--push-to", "someone/x")
     assert "no Hugging Face token" in _one_error_line(result)
     assert not (tmp_path / "run").exists()  # refused before any work
+
+
+def test_continue_from_the_pushed_model_names_it_as_base_model(hub, trained, tmp_path):
+    root, _, _ = trained
+    env = _push_env(tmp_path, hub)
+    args = ["pretrain", "--data-text", "--train-data", root / "train.txt", "--out", tmp_path / "r"]
+    args += ["--init-from", "someone/pretrained", "--max-seq-length", "64", "--batch-size", "4"]
+    args += ["--max-steps", "1", "--device", "cpu", "--json"]
+    result = _bertcli(env, *args)
+    assert result.returncode == 0, result.stderr
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(Path(json.loads(result.stdout)["checkpoint"]) / "README.md")
+    assert card.data.base_model == "someone/pretrained"
+    assert "continued from [someone/pretrained]" in card.text
+    assert not [c for c in hub.calls if c["kind"] == "unknown"]  # every call was understood

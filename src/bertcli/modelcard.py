@@ -136,13 +136,10 @@ def _tags(pipeline_tag: str, task_results: dict[str, Any] | None) -> list[str]:
 
 
 def _base_model(run: dict[str, Any]) -> str | None:
-    """The published name the run was initialised from (a local path is not a Hub id)."""
-    from bertcli.hub import is_model_name
-
-    init = (run.get("config") or {}).get("init_from") or run.get("init_from")
-    if not init or Path(str(init)).exists() or not is_model_name(str(init)):
-        return None
-    return str(init)
+    """The published name the run was initialised from: run.json's `base_model`, which the run
+    sets only when its --init-from was fetched from the Hub (a local path is not a Hub id)."""
+    base = run.get("base_model")
+    return str(base) if base else None
 
 
 def _default_name(run: dict[str, Any], task_results: dict[str, Any] | None) -> str:

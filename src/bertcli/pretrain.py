@@ -315,6 +315,12 @@ def _run(
             "train_sources": describe_sources(train_data),
             "eval_sources": describe_sources(eval_data),
             "device_names": device_names,
+            # --init-from by published name (not a local directory): the card's base_model
+            "base_model": (
+                config.init_from
+                if config.init_from and not resolve_checkpoint(config.init_from).exists()
+                else None
+            ),
             "corpus": _corpus_facts(train_files, eval_files, train_data, eval_data),
             "tokenizer_extension": _tokenizer_extension(tokenizer),
         }
