@@ -257,3 +257,9 @@ def test_pretrain_writes_the_card_into_its_final_checkpoint(tmp_path, invoke):
     # the same function over the same files gives the same card: nothing typed by hand
     again = render_model_card(run, run_metrics(tmp_path / "run"))
     assert again == (final / "README.md").read_text()
+    # a --resume with nothing left to train rewrites run.json and the card, metrics kept
+    resumed = invoke(*args, "--resume", "--json")
+    assert resumed.exit_code == 0, resumed.output
+    card = ModelCard.load(final / "README.md")
+    assert "--resume" in card.text and card.data.eval_results
+    assert f"final training loss (step 2) | loss {summary['train']['loss']:.4f}" in card.text

@@ -357,7 +357,7 @@ def _run(
 def _publish(config, out: Path, trainer, result: dict, wall_s: float, first_step: int, log) -> None:
     """Rank 0, after the final save: record how the run ended in run.json, write the model
     card into the final checkpoint, and push it when --push-to asks."""
-    from bertcli.modelcard import write_model_card
+    from bertcli.modelcard import run_metrics, write_model_card
 
     cfg = trainer.config
     global_batch = cfg.batch_size * cfg.batches_per_step * trainer.runtime.world_size
@@ -376,14 +376,16 @@ def _publish(config, out: Path, trainer, result: dict, wall_s: float, first_step
         "checkpoint": result["checkpoint"],
     }
     write_text_atomic(out / "run.json", json.dumps(run, indent=2) + "\n")
-    card = write_model_card(
-        result["checkpoint"],
-        run,
-        {"train": result.get("train") or None, "eval": result.get("eval") or None},
-        repo_id=config.push_to,
-    )
+    recorded = run_metrics(out, trainer.step)  # a resumed run with nothing left: the file's
+    metrics = {key: result.get(key) or recorded[key] for key in ("train", "eval")}
+    card = write_model_card(result["checkpoint"], run, metrics, repo_id=config.push_to)
     result["model_card"] = str(card)
-    if config.push_to:
+    if config.push_to and result.get("stopped_early"):
+        log.log(  # a half-trained model is not what --push-to asked for
+            f"not pushing to {config.push_to}: stopped at step {trainer.step} before the end; "
+            f"--resume, or `bertcli push {out} {config.push_to}` to publish it as it is"
+        )
+    elif config.push_to:
         from bertcli.hub import push_checkpoint
 
         pushed = push_checkpoint(result["checkpoint"], config.push_to, reporter=log)
