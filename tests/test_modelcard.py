@@ -214,6 +214,15 @@ def test_finetune_branch_from_results_json(tmp_path):
     assert "BertForTokenClassification" in card.text
 
 
+def test_mnli_matched_and_mismatched_are_two_splits():
+    mnli = dict(RESULTS, task="mnli", eval={"matched": {"accuracy": 0.8},
+                                            "mismatched": {"accuracy": 0.79}})  # fmt: skip
+    card = ModelCard(render_model_card({}, None, task_results=mnli))
+    found = {(r.dataset_split, r.metric_type, r.metric_value) for r in card.data.eval_results}
+    assert found == {("matched", "accuracy", 0.8), ("mismatched", "accuracy", 0.79)}
+    assert "| accuracy (matched) | 0.8000 |" in card.text
+
+
 def test_run_metrics_reads_the_last_rows_up_to_a_step(tmp_path):
     rows = [
         {"step": 1, "loss": 9.0},

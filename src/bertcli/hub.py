@@ -561,6 +561,8 @@ def refresh_card(directory: Path, repo_id: str | None) -> Path | None:
             if step is not None and (run.get("result") or {}).get("steps") != step:
                 run = {**run, "result": {"steps": step}}  # an earlier checkpoint than the end
             return write_model_card(directory, run, run_metrics(run_dir, step), repo_id=repo_id)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise UserError(f"push: cannot write the model card of {directory} ({exc})") from None
+    except OSError:
+        return None  # a read-only checkpoint: push it with the card it has
+    except (ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"push: cannot read the run record of {directory} ({exc})") from None
     return None

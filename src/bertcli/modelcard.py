@@ -163,19 +163,18 @@ def _eval_results(run, metrics, task_results, pipeline_tag) -> list:
     if task_results is not None:
         task = str(task_results.get("task") or "task")
         dataset = str(task_results.get("dataset") or task)
-        for key, value in (task_results.get("eval") or {}).items():
-            if isinstance(value, int | float):
-                results.append(
-                    EvalResult(
-                        task_type=pipeline_tag,
-                        dataset_type=dataset,
-                        dataset_name=dataset,
-                        dataset_split="eval",
-                        metric_type=_metric_type(key),
-                        metric_name=key,
-                        metric_value=float(value),
-                    )
+        for split, key, value in _task_scores(task_results):
+            results.append(
+                EvalResult(
+                    task_type=pipeline_tag,
+                    dataset_type=dataset,
+                    dataset_name=dataset,
+                    dataset_split=split,
+                    metric_type=_metric_type(key),
+                    metric_name=key if split == "eval" else f"{key} ({split})",
+                    metric_value=float(value),
                 )
+            )
         return results
     row = metrics.get("eval") or {}
     dataset = _eval_dataset(run)
@@ -196,6 +195,20 @@ def _eval_results(run, metrics, task_results, pipeline_tag) -> list:
                 )
             )
     return results
+
+
+def _task_scores(task_results: dict[str, Any]) -> list[tuple[str, str, float]]:
+    """(split, metric, value) of results.json's `eval`; a nested mapping (MNLI's matched and
+    mismatched sets) is one split per key."""
+    scores = []
+    for key, value in (task_results.get("eval") or {}).items():
+        if isinstance(value, dict):
+            scores += [
+                (key, sub, v) for sub, v in value.items() if isinstance(v, int | float)
+            ]
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            scores.append(("eval", key, value))
+    return scores
 
 
 def _metric_type(key: str) -> str:
@@ -389,7 +402,7 @@ def _training_facts(run, config, train, metrics, task_results) -> list[tuple[str
 
 def _evaluation_section(metrics, task_results) -> list[str]:
     if task_results is not None:
-        scores = task_results.get("eval") or {}
+        scores = _task_scores(task_results)
         if not scores:
             return []
         seeds = len(task_results.get("runs") or [])
@@ -402,7 +415,10 @@ def _evaluation_section(metrics, task_results) -> list[str]:
             "| metric | value |",
             "|---|---|",
         ]
-        lines += [f"| {k} | {_number(v)} |" for k, v in scores.items()]
+        lines += [
+            f"| {k if split == 'eval' else f'{k} ({split})'} | {_number(v)} |"
+            for split, k, v in scores
+        ]
         return [*lines, ""]
     row = (metrics or {}).get("eval") or {}
     if not row:
