@@ -37,7 +37,9 @@ def test_torchrun_two_processes(corpus, tokenizer_dir, tmp_path):
     assert len([r for r in rows if r.get("split") == "eval"]) == 1
     run = json.loads((out / "run.json").read_text())
     assert run["world_size"] == 2
+    assert len(run["device_names"]) == 2 and run["result"]["global_batch"] == 32  # issue 21
     assert latest_checkpoint(out / "checkpoints").name == "step_00000006"
+    assert "| world size | 2 (2 x CPU" in (out / "checkpoints/step_00000006/README.md").read_text()
     assert proc.stdout.count("trained to step 6") == 1
 
 
