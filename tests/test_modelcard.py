@@ -40,7 +40,7 @@ RUN = {
     },
     "tokenizer": "tok/pubmed-extended",
     "tokenizer_extension": {
-        "base": {"name": "bert-base-uncased", "size": 30522},
+        "base": {"source": "bert-base-uncased", "vocab_sha256": "ab" * 32, "vocab_size": 30522},
         "added": 1500,
         "slots": 994,
     },
@@ -272,3 +272,30 @@ def test_pretrain_writes_the_card_into_its_final_checkpoint(tmp_path, invoke):
     card = ModelCard.load(final / "README.md")
     assert "--resume" in card.text and card.data.eval_results
     assert f"final training loss (step 2) | loss {summary['train']['loss']:.4f}" in card.text
+
+
+def test_run_json_summarises_the_tokenizers_extension(tmp_path):
+    from bertcli.pretrain import _tokenizer_extension
+    from bertcli.tokenizer import BertTokenizer
+
+    record = {  # build-tokenizer --extend's extension.json (format 1), cut to what is read
+        "format": 1,
+        "base": {"source": "bert-base-uncased", "vocab_sha256": "ab" * 32, "vocab_size": 30522},
+        "vocab_size": 30524,
+        "pieces": [
+            {"piece": "immuno", "id": 1, "slot": 1, "count": 9},
+            {"piece": "##histo", "id": 2, "slot": 2, "count": 8},
+            {"piece": "##chemistry", "id": 30522, "slot": None, "count": 7},
+        ],
+    }
+    (tmp_path / "extension.json").write_text(json.dumps(record))
+    tok = BertTokenizer.__new__(BertTokenizer)
+    tok.path = tmp_path
+    summary = _tokenizer_extension(tok)
+    assert summary == {"base": record["base"], "added": 3, "slots": 2, "vocab_size": 30524}
+    run = dict(RUN, tokenizer_extension=summary)
+    assert "extends bert-base-uncased (size 30522) with 3 domain pieces (2 in its" in (
+        render_model_card(run, METRICS)
+    )
+    (tmp_path / "extension.json").unlink()
+    assert _tokenizer_extension(tok) is None  # a plain tokenizer: nothing to say

@@ -303,9 +303,9 @@ def _tokenizer_lines(run) -> list[str]:
     extension = run.get("tokenizer_extension")
     if extension:
         base = extension.get("base") or {}
-        base_name = base.get("name") or base.get("path") or "the base vocabulary"
+        base_name = base.get("source") or "the base vocabulary"
         lines.append(
-            f"It extends {base_name} (size {base.get('size', '?')}) with "
+            f"It extends {base_name} (size {base.get('vocab_size', '?')}) with "
             f"{extension.get('added', '?')} domain pieces"
             + (
                 f" ({extension['slots']} in its `[unused*]` slots)"

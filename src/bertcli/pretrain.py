@@ -443,16 +443,16 @@ def _tokenizer_extension(tokenizer: BertTokenizer | None) -> dict[str, Any] | No
     path = (path if path.is_dir() else path.parent) / "extension.json"
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if not isinstance(data, dict):
-        return None
-    pieces = next((v for v in data.values() if isinstance(v, list)), [])
-    slots = [p for p in pieces if isinstance(p, dict) and any(
-        "slot" in k and v is True for k, v in p.items()
-    )]  # fmt: skip
-    base = data.get("base") if isinstance(data.get("base"), dict) else {}
-    return {"base": base, "added": len(pieces), "slots": len(slots) if pieces else None}
+        pieces = data["pieces"]
+        base = dict(data["base"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # no extension (or not one we can read): the card says nothing of it
+    return {
+        "base": base,  # source (name or path), vocab_sha256, vocab_size
+        "added": len(pieces),
+        "slots": sum(1 for p in pieces if isinstance(p, dict) and p.get("slot") is not None),
+        "vocab_size": data.get("vocab_size"),
+    }
 
 
 def _write_run_json(
