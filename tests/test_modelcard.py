@@ -299,3 +299,19 @@ def test_run_json_summarises_the_tokenizers_extension(tmp_path):
     )
     (tmp_path / "extension.json").unlink()
     assert _tokenizer_extension(tok) is None  # a plain tokenizer: nothing to say
+
+
+@pytest.mark.parametrize(
+    "option, expected",
+    [
+        (["--license", "Apache 2.0"], "--license 'Apache 2.0': give the Hub's license id"),
+        (["--language", "English"], "--language 'English': give an ISO 639 code"),
+    ],
+)
+def test_card_options_are_checked_before_training(invoke, tmp_path, option, expected):
+    args = ["pretrain", "--data-text", "--preset", "tiny", "--max-steps", "1", "--device", "cpu"]
+    result = invoke(*args, "--out", tmp_path / "run", *option)
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {expected}"), result.stderr
+    assert not (tmp_path / "run").exists()

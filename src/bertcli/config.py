@@ -454,3 +454,21 @@ class PretrainConfig:
         ):
             if value is not None and not 0.0 <= value < 1.0:
                 raise UserError(f"{flag} must be in [0, 1), got {value}")
+        check_card_options(self.license, self.language)
+
+
+def check_card_options(license: str | None, language: list[str]) -> None:
+    """--license / --language as the Hub's card metadata takes them (an id, ISO 639 codes),
+    refused at the start rather than by the Hub when the run ends."""
+    import re
+
+    if license is not None and not re.fullmatch(r"[a-z0-9][a-z0-9.+-]*", license):
+        raise UserError(
+            f"--license {license!r}: give the Hub's license id in lower case (apache-2.0, mit, "
+            "cc-by-4.0, other …)"
+        )
+    for code in language:
+        if not re.fullmatch(r"[a-z]{2,3}(-[A-Za-z0-9]{2,8})*", code):
+            raise UserError(
+                f"--language {code!r}: give an ISO 639 code such as en, de, zh or pt-BR"
+            )
