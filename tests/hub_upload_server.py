@@ -12,6 +12,9 @@ speak to huggingface.co (read in huggingface_hub's `hf_api.py`, `_commit_api.py`
   by sha256, `deletedFile`), answered with `commitUrl` / `commitOid`;
 - `POST /api/models/{repo}/branch/{name}` and `GET /api/{type}s/{repo}` (repo_info / exists).
 
+Xet storage is not spoken: the tests set `HF_HUB_DISABLE_XET=1`, so the client takes its LFS path
+(with hf_xet installed and a real Hub, the same `upload_folder` call uploads through Xet).
+
 What it stores is served back by `LoopbackHub`'s download protocol (`tests/test_hub.py`): the
 same `repos` / `commits` / `blobs`, so `bertcli download` and `from_pretrained` read the very
 bytes uploaded. Tokens: `tokens` maps each token to the namespaces it may write (`*` = any);
