@@ -190,6 +190,9 @@ def test_push_a_finetune_output_uses_its_model_dir(hub, trained, tmp_path):
     model.mkdir(parents=True)
     for name in ("config.json", "model.safetensors", "vocab.txt", "tokenizer.json"):
         (model / name).write_bytes((final / name).read_bytes())
+    (model / "pytorch_model.bin").write_bytes(b"the same weights, older format")  # not both
+    (out / "tensorboard").mkdir()
+    (out / "tensorboard" / "events.out").write_bytes(b"logs")
     results = {
         "task": "ner",
         "metric": "f1",

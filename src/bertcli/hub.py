@@ -333,12 +333,13 @@ def resolve_model(value: str, flag: str, runtime=None, log: Reporter | None = No
 # What a transformers user needs from a checkpoint (the rest stays home unless asked)
 PUSH_FILES = (
     CONFIG_FILE,
-    *WEIGHT_FILES,
+    *WEIGHT_FILES,  # the first one there only
     "vocab.txt",
     "tokenizer.json",
     "tokenizer_config.json",
     "special_tokens_map.json",
     "README.md",
+    "extension.json",  # build-tokenizer --extend's record, where the checkpoint carries it
 )
 STATE_FILES = ("trainer_state.pt", "trainer_state.json")  # bertcli's resume state
 _LOGIN_HINT = "run `hf auth login` or set HF_TOKEN to a token with write access"
@@ -378,7 +379,7 @@ def push_source(path: str | Path) -> Path:
     return found
 
 
-def check_push_target(repo_id: str, flag: str = "REPO_ID") -> None:
+def check_push_target(repo_id: str, flag: str = "REPO_ID", token: str | None = None) -> None:
     """Refuse, before any work, a repo id the Hub would refuse, HF_HUB_OFFLINE, or no token."""
     from huggingface_hub import get_token
 
@@ -388,7 +389,7 @@ def check_push_target(repo_id: str, flag: str = "REPO_ID") -> None:
         raise UserError(f"{flag} {repo_id}: not a valid Hub repo id (org/name or name)")
     if _offline():
         raise UserError(f"cannot push {repo_id}: HF_HUB_OFFLINE is set (unset it to upload)")
-    if get_token() is None:
+    if token is None and get_token() is None:
         raise UserError(f"cannot push {repo_id}: no Hugging Face token; {_LOGIN_HINT}")
 
 
@@ -413,10 +414,12 @@ def push_checkpoint(
     from huggingface_hub import HfApi
 
     directory = push_source(path)
-    check_push_target(repo_id)
+    check_push_target(repo_id, token=token)
     refresh_card(directory, repo_id)
     patterns = [*PUSH_FILES, *(STATE_FILES if include_state else ())]
     files = [name for name in patterns if (directory / name).is_file()]
+    weights = [name for name in files if name in WEIGHT_FILES]
+    files = [name for name in files if name not in weights[1:]]  # safetensors, not both
     reporter = reporter or Reporter()
     api = HfApi(token=token)
     with _quiet_client(), _client_bars(reporter), _push_errors(api, repo_id, revision):

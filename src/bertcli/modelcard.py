@@ -312,7 +312,7 @@ def _tokenizer_lines(run) -> list[str]:
                 if extension.get("slots") is not None
                 else ""
             )
-            + "; `extension.json` lists them."
+            + "; the tokenizer's `extension.json` lists them."
         )
     return [*lines, ""]
 
