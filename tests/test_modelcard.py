@@ -214,6 +214,41 @@ def test_finetune_branch_from_results_json(tmp_path):
     assert "BertForTokenClassification" in card.text
 
 
+def test_finetune_run_json_as_finetune_writes_it(tmp_path):
+    snapshot = tmp_path / "hf" / "hub" / "models--bert-base-uncased" / "snapshots" / "abc123"
+    run = {  # the fields of finetune's run.json (issue 20)
+        "bertcli_version": "0.1.0",
+        "precision": "fp32",
+        "world_size": 1,
+        "device": "cpu",
+        "init_from": str(snapshot),
+        "train_file": "glue/MRPC/train.tsv",
+        "eval_files": ["glue/MRPC/dev.tsv"],
+        "config": {
+            "init_from": "bert-base-uncased",
+            "task": "mrpc",
+            "out": "ft/mrpc",
+            "max_seq_length": 128,
+            "lr": 2e-5,
+            "num_epochs": 3,
+            "batch_size": 32,
+            "batches_per_step": 1,
+            "optimizer": "adamw",
+            "lr_policy": "warmup-annealing",
+            "warmup_ratio": 0.1,
+        },
+        "model_config": {"num_hidden_layers": 12, "max_position_embeddings": 512},
+    }
+    card, text = _card(tmp_path, run=run, metrics=None, task_results=RESULTS)
+    assert card.data.base_model == "bert-base-uncased"  # resolved into the HF cache
+    assert "| epochs | 3 |" in text and "| optimizer | adamw" in text
+    assert "| schedule | warmup-annealing, peak LR 2e-05, warmup 0.1 |" in text
+    assert "It knows only what `train.tsv` holds" in text
+    local = dict(run, init_from="runs/pretrained/checkpoints/step_00001000")
+    local["config"] = dict(run["config"], init_from="runs/pretrained")
+    assert ModelCard(render_model_card(local, None, task_results=RESULTS)).data.base_model is None
+
+
 def test_mnli_matched_and_mismatched_are_two_splits():
     mnli = dict(RESULTS, task="mnli", eval={"matched": {"accuracy": 0.8},
                                             "mismatched": {"accuracy": 0.79}})  # fmt: skip

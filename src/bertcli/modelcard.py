@@ -9,6 +9,7 @@ model, `results.json`. The YAML front matter is made by `huggingface_hub.ModelCa
 from __future__ import annotations
 
 import json
+import os
 import shlex
 from pathlib import Path
 from typing import Any
@@ -138,8 +139,20 @@ def _tags(pipeline_tag: str, task_results: dict[str, Any] | None) -> list[str]:
 def _base_model(run: dict[str, Any]) -> str | None:
     """The published name the run was initialised from: run.json's `base_model`, which the run
     sets only when its --init-from was fetched from the Hub (a local path is not a Hub id)."""
-    base = run.get("base_model")
-    return str(base) if base else None
+    if "base_model" in run:
+        return str(run["base_model"]) if run["base_model"] else None
+    # a run.json without the field (finetune's): a name is published when the directory it
+    # resolved to is that name's snapshot in the Hugging Face cache
+    init = str((run.get("config") or {}).get("init_from") or "")
+    resolved = str(run.get("init_from") or "")
+    if init and f"models--{init.replace('/', '--')}{os.sep}snapshots" in resolved:
+        return init
+    return None
+
+
+def _train_files(run: dict[str, Any]) -> list[str]:
+    """pretrain's `train_files`, or finetune's one `train_file`."""
+    return list(run.get("train_files") or ([run["train_file"]] if run.get("train_file") else []))
 
 
 def _default_name(run: dict[str, Any], task_results: dict[str, Any] | None) -> str:
@@ -247,7 +260,7 @@ def _summary(run, task_results, base) -> str:
 
 def _training_section(run, metrics, task_results) -> list[str]:
     config = run.get("config") or {}
-    train = config.get("train") or {}
+    train = config.get("train") or config  # pretrain nests its TrainConfig; finetune does not
     lines = ["## Training", ""]
     if run.get("command"):
         lines += ["Command line:", "", "```sh", shlex.join(run["command"]), "```", ""]
@@ -262,7 +275,7 @@ def _training_section(run, metrics, task_results) -> list[str]:
 def _corpus_lines(run) -> list[str]:
     corpus = run.get("corpus") or {}
     files = corpus.get("train_files") or [
-        {"path": p, "bytes": None} for p in run.get("train_files") or []
+        {"path": p, "bytes": None} for p in _train_files(run)
     ]
     if not files and not run.get("train_sources"):
         return []
@@ -328,6 +341,8 @@ def _training_facts(run, config, train, metrics, task_results) -> list[tuple[str
              f"{task_results.get('num_eval')}"),
             ("seeds", ", ".join(str(r.get("seed")) for r in task_results.get("runs") or [])),
         ]  # fmt: skip
+    if task_results is not None and train.get("num_epochs"):
+        facts.append(("epochs", str(train["num_epochs"])))
     if result.get("steps") is not None:
         facts.append(("optimizer steps", f"{result['steps']:,}"))
     global_batch = result.get("global_batch")
@@ -467,7 +482,7 @@ def _usage_section(pipeline_tag: str, repo_id: str | None) -> list[str]:
 
 
 def _limitations_section(run, task_results) -> list[str]:
-    files = [Path(str(p)).name for p in run.get("train_files") or []]
+    files = [Path(str(p)).name for p in _train_files(run)]
     data = ", ".join(f"`{f}`" for f in files) or "its training data"
     lines = [
         "## Limitations",
