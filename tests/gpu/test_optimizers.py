@@ -15,7 +15,6 @@ import torch
 
 from bertcli.model import BertForPreTraining
 from bertcli.train.optim import Lamb, build_optimizer, parameter_groups
-from tests.gpu.conftest import needs_cuda
 from tests.gpu.synthetic import relative_error, small_config
 
 pytestmark = [pytest.mark.gpu]
