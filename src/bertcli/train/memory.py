@@ -22,8 +22,7 @@ def out_of_memory_message(flag: str, batch_size: int, seq_len: int, where: str) 
     if flag == "--batch-size":
         advice += " (and raise --batches-per-step by the same factor to keep the global batch)"
     return (
-        f"out of GPU memory on {where} at {flag} {batch_size} x sequence length {seq_len}; "
-        f"{advice}"
+        f"out of GPU memory on {where} at {flag} {batch_size} x sequence length {seq_len}; {advice}"
     )
 
 
