@@ -530,13 +530,14 @@ def _cuda_case(device, preset, seq, cap, repeats, peak, name, precision, vocab_s
             sync(device)
             break
         except torch.OutOfMemoryError:
-            out_of_memory.append(batch)
-            opt.zero_grad(set_to_none=True)
-            del b
-            _release(device)
             if batch == 1:
                 raise
-            batch //= 2
+            out_of_memory.append(batch)
+        # outside the handler: the exception's frames (and the graph they hold) are gone
+        opt.zero_grad(set_to_none=True)
+        del b
+        _release(device)
+        batch //= 2
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     times = {"padded": [], "unpadded": []}
