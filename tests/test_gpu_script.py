@@ -8,6 +8,8 @@ import os
 import subprocess
 import sys
 
+import torch
+
 from tests.conftest import ROOT, WIKITEXT2, require
 
 PHASES = ["environment", "benchmark", "preprocess", "pretrain", "tests"]
@@ -59,3 +61,24 @@ def test_dry_run_writes_one_json_and_one_log(tmp_path):
     )
     assert table.returncode == 0, table.stderr
     assert table.stdout.startswith("| model ") and "tiny" in table.stdout
+
+
+def test_benchmark_halves_the_batch_until_it_fits(monkeypatch):
+    """The cuda section's search: out of memory at 8 and 4, so it measures at 2 (no GPU can be
+    filled here, so the step raises what CUDA's allocator raises)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_run", ROOT / "benchmarks" / "run.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    real_step = bench.ours_step
+
+    def step(model, opt, b, autocast):
+        if len(b["input_ids"]) > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        real_step(model, opt, b, autocast)
+
+    monkeypatch.setattr(bench, "ours_step", step)
+    (row,) = bench.bench_cuda(torch.device("cpu"), 1, [("tiny", 64, 8)], "fp32", 2000)
+    assert row["batch"] == 2 and row["batch_cap"] == 8 and row["out_of_memory_at"] == [8, 4]
+    assert row["unpadded"]["tokens_per_s"] > 0 and row["padded"]["tokens_per_s"] > 0
