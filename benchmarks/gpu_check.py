@@ -31,16 +31,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 JSON_NAME, LOG_NAME = "gpu.json", "gpu.log"
 DATA_DIRS = (ROOT / "shared" / "data", ROOT.parent / "shared" / "data")
+SAMPLE = ROOT / "src" / "bertcli" / "sample" / "train.txt"  # 5% of WikiText-2, in the repo
 
 # seconds per phase on a GPU (the deadline trims the last ones); the tests get what is left
-BUDGET = {"environment": 20, "benchmark": 100, "preprocess": 60, "pretrain": 110}
+BUDGET = {"environment": 20, "benchmark": 100, "tokenizer": 30, "preprocess": 60, "pretrain": 110}
 RESERVE = 5  # for writing the JSON at the end
 
 
 def find_data() -> Path | None:
-    """The shared data directory: $BERTCLI_DATA, else shared/data in or beside the checkout."""
-    candidates = [Path(os.environ["BERTCLI_DATA"])] if os.environ.get("BERTCLI_DATA") else []
-    for path in [*candidates, *DATA_DIRS]:
+    """The shared data directory: $BERTCLI_DATA if set (only it), else shared/data in or beside
+    the checkout; None if it lacks WikiText-2 or the vocabularies."""
+    given = os.environ.get("BERTCLI_DATA")
+    for path in [Path(given)] if given else DATA_DIRS:
         if (path / "wikitext-2" / "train.txt").is_file() and (path / "vocab").is_dir():
             return path
     return None
@@ -162,33 +164,48 @@ class Check:
             record["cases"] = json.loads(bench.read_text()).get("cuda", [])
         self._close("benchmark", record)
 
-    def preprocess(self, data: Path | None) -> Path | None:
-        if data is None:
-            where = ", ".join(str(p) for p in DATA_DIRS)
-            record = {"status": "skipped", "reason": f"no WikiText-2: set BERTCLI_DATA or put "
-                      f"it at one of {where}"}  # fmt: skip
-            self._close("preprocess", record)
-            return None
-        corpus = data / "wikitext-2" / "train.txt"
+    def preprocess(self, data: Path | None) -> tuple[Path | None, list]:
+        """WikiText-2 train as seq-128 shards, and the tokenizer flags pretrain needs with them.
+
+        Without the shared data (a lent machine gets only the checkout), the corpus is the
+        bundled sample (5% of WikiText-2) with a WordPiece vocabulary trained on it here.
+        """
         workers = str(min(16, os.cpu_count() or 1))
+        if data is not None:
+            corpus = data / "wikitext-2" / "train.txt"
+            tokenizer = ["--vocab-file", data / "vocab" / "bert-base-uncased.txt"]
+            dupe = "2"
+        else:
+            corpus = SAMPLE
+            tok_dir = self.work / "tokenizer"
+            command = [
+                sys.executable, "-m", "bertcli", "build-tokenizer", "--train-data", corpus,
+                "--vocab-size", "8000", "--out", tok_dir,
+            ]  # fmt: skip
+            record = self.run("tokenizer", command, BUDGET["tokenizer"])
+            record["reason"] = "no shared data: the bundled sample's own WordPiece"
+            self._close("tokenizer", record)
+            if record["status"] != "ok":
+                return None, []
+            tokenizer, dupe = ["--tokenizer", tok_dir], "10"
         if self.dry_run:  # the first 600 lines: a corpus of seconds
             small = self.work / "train-small.txt"
             small.write_text("".join(corpus.open(encoding="utf-8").readlines()[:600]))
-            corpus, workers = small, "2"
+            corpus, workers, dupe = small, "2", "1"
         shards = self.work / "shards128"
         command = [
-            sys.executable, "-m", "bertcli", "preprocess", "--input", corpus,
-            "--vocab-file", data / "vocab" / "bert-base-uncased.txt", "--out", shards,
-            "--max-seq-length", "128", "--max-predictions-per-seq", "20",
-            "--dupe-factor", "1" if self.dry_run else "2", "--workers", workers, "--json",
+            sys.executable, "-m", "bertcli", "preprocess", "--input", corpus, *tokenizer,
+            "--out", shards, "--max-seq-length", "128", "--max-predictions-per-seq", "20",
+            "--dupe-factor", dupe, "--workers", workers, "--json",
         ]  # fmt: skip
         record = self.run("preprocess", command, BUDGET["preprocess"])
+        record["corpus"] = str(corpus)
         if record["status"] == "ok":
             record["summary"] = _last_json(record["output"])
         self._close("preprocess", record)
-        return shards if record["status"] == "ok" else None
+        return (shards, tokenizer) if record["status"] == "ok" else (None, [])
 
-    def pretrain(self, data: Path | None, shards: Path | None) -> None:
+    def pretrain(self, shards: Path | None, tokenizer: list) -> None:
         if shards is None:
             self._close("pretrain", {"status": "skipped", "reason": "no shards (see preprocess)"})
             return
@@ -203,8 +220,8 @@ class Check:
         )  # fmt: skip
         command = [
             sys.executable, "-m", "bertcli", "pretrain", "--data-preprocessed",
-            "--train-data", shards, "--vocab-file", data / "vocab" / "bert-base-uncased.txt",
-            "--out", run, *size, "--lr", "2e-4", "--warmup-ratio", "0.1", "--json",
+            "--train-data", shards, *tokenizer, "--out", run, *size,
+            "--lr", "2e-4", "--warmup-ratio", "0.1", "--json",
         ]  # fmt: skip
         record = self.run("pretrain", command, BUDGET["pretrain"])
         metrics = run / "metrics.jsonl"
@@ -275,12 +292,11 @@ def main() -> int:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     check = Check(args.out, args.dry_run, args.deadline)
-    data = find_data()
     try:
         check.environment()
         check.benchmark()
-        shards = check.preprocess(data)
-        check.pretrain(data, shards)
+        shards, tokenizer = check.preprocess(find_data())
+        check.pretrain(shards, tokenizer)
         check.tests()
     finally:
         check.summarise()

@@ -25,6 +25,13 @@ def _num(value, spec: str = ",.0f") -> str:
     return "—" if value is None else format(value, spec)
 
 
+def _corpus(phases: dict) -> str:
+    corpus = phases.get("preprocess", {}).get("corpus", "")
+    if "sample" in corpus:
+        return "shards of the bundled sample, 5% of WikiText-2, with its own 8k WordPiece"
+    return "WikiText-2 train shards"
+
+
 def table(result: dict) -> str:
     """Markdown for one gpu.json."""
     phases = result.get("phases", {})
@@ -65,7 +72,7 @@ def table(result: dict) -> str:
         ratio = summary.get("pretrain_mfu_over_benchmark")
         notes.append(
             f"Pretrain ({len(pretrain.get('losses', {}))} logged rows to step "
-            f"{max(map(int, pretrain.get('losses', {0: 0})))} on WikiText-2 shards): loss {_num(pretrain.get('loss_first'), '.2f')}"
+            f"{max(map(int, pretrain.get('losses', {0: 0})))} on {_corpus(phases)}): loss {_num(pretrain.get('loss_first'), '.2f')}"
             f" → {_num(pretrain.get('loss_last'), '.2f')}; logged MFU {_pct(pretrain.get('mfu_median'))}"
             + (f", {ratio:.2f}× the benchmark's" if ratio else "")
             + "."
