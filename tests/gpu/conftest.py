@@ -24,9 +24,12 @@ HAS_CUDA = torch.cuda.is_available()
 REHEARSE = os.environ.get("BERTCLI_GPU_REHEARSE") == "1"
 NO_CUDA = "no CUDA device: tests/gpu runs on a GPU (benchmarks/gpu.sh)"
 
-needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="a CUDA-only check (CPU rehearsal)")
+needs_cuda = pytest.mark.skipif(
+    not HAS_CUDA, reason="a CUDA-only check (CPU rehearsal)" if REHEARSE else NO_CUDA
+)
 
 
+@pytest.hookimpl(tryfirst=True)  # before the skipif marks: one reason for the whole directory
 def pytest_runtest_setup(item):
     """One skip, raised here, so the summary groups every test under one line."""
     if not HAS_CUDA and not REHEARSE:
