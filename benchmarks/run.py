@@ -17,7 +17,9 @@
 6. compile: tiny preset, seq-128 shards: `torch.compile` (padded, static shapes) vs eager
    (unpadded), after warm-up, alternated; graph breaks of the compiled step.
 7. cuda: tokens/s and model FLOPs utilisation for base and large at seq 128 and 512 (bf16),
-   against the dense bf16 peak of `bertcli.train.mfu`'s table (None on other GPUs).
+   against the dense bf16 peak of `bertcli.train.mfu`'s table (None on other GPUs), at the
+   largest batch that fits (halved from a cap), the padded path against the unpadded one,
+   alternated. `--dry-run` runs the same code at tiny sizes on any device.
 """
 
 from __future__ import annotations
@@ -464,57 +466,117 @@ def bench_tokenizer():
     return {"ours_s": ours, "bare_trainer_s": bare, "overhead": ours / bare - 1.0}
 
 
-def bench_cuda(repeats: int):
-    """bf16 tokens/s and MFU for base/large at seq 128/512 (our model alone, fused AdamW)."""
-    from bertcli.train.mfu import peak_tflops
+# (preset, sequence length, batch cap): the batch is the largest power-of-two fraction of the cap
+# that fits; the caps keep one step under ~0.3 s on an H100 while filling it
+CUDA_CASES = (("base", 128, 256), ("base", 512, 64), ("large", 128, 256), ("large", 512, 64))
+# the same code at CPU sizes: a 2,000-piece vocabulary, fp32 (CPU bf16 is another code path)
+DRY_RUN_CASES = (("tiny", 128, 4), ("tiny", 512, 2))
+DRY_RUN_VOCAB = 2000
 
-    name = torch.cuda.get_device_name()
-    peak = peak_tflops(name)
+
+def bench_cuda(
+    device, repeats: int, cases=CUDA_CASES, precision: str = "bf16", vocab_size: int | None = None
+) -> list[dict]:
+    """Tokens/s and MFU per case, padded (`unpad_tokens = False`) against unpadded (the eager
+    trainer's path), at the largest batch that fits; MFU is None off the peak table."""
+    from bertcli.train.mfu import device_peak_tflops
+
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    peak = device_peak_tflops(device, precision)
     results = []
-    for preset, seq, batch in (
-        ("base", 128, 256),
-        ("base", 512, 64),
-        ("large", 128, 128),
-        ("large", 512, 32),
-    ):
-        results.append(_cuda_case(preset, seq, batch, repeats, peak, name))
-        torch.cuda.empty_cache()
+    for preset, seq, cap in cases:
+        results.append(
+            _cuda_case(device, preset, seq, cap, repeats, peak, name, precision, vocab_size)
+        )
+        _release(device)
     return results
 
 
-def _cuda_case(preset: str, seq: int, batch: int, repeats: int, peak, name: str) -> dict:
+def _release(device) -> None:
+    import gc
+
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _cuda_case(device, preset, seq, cap, repeats, peak, name, precision, vocab_size) -> dict:
     from bertcli.config import BertConfig
     from bertcli.model import BertForPreTraining
     from bertcli.train.mfu import flops_per_token
+    from bertcli.train.optim import build_optimizer
 
-    device = torch.device("cuda")
-    cfg = BertConfig.from_preset(preset)
-    model = BertForPreTraining(cfg).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
-    b = make_batch(batch, seq, cfg.vocab_size, device, max_pred=20 if seq <= 128 else 80)
-    b["attention_mask"].fill_(1)
+    cfg = BertConfig.from_preset(preset, vocab_size=vocab_size)
+    torch.manual_seed(0)
+    model = BertForPreTraining(cfg).to(device)  # dropout 0.1, as trained
+    # the trainer's optimizer: fused AdamW on CUDA
+    opt = build_optimizer("adamw", model, 1e-5, 0.01, (0.9, 0.999), device.type)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
 
     def autocast():
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+        return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
-    def one_step():
+    def step(b, unpadded: bool):
+        model.bert.unpad_tokens = unpadded
         ours_step(model, opt, b, autocast)
 
-    for _ in range(3):
-        one_step()
-    step = statistics.median(timed(one_step, device) for _ in range(repeats))
-    tokens = batch * seq
-    achieved = flops_per_token(cfg, seq) * tokens / step / 1e12
-    return {
+    batch, out_of_memory = cap, []
+    while True:  # halve from the cap until a step of each path fits (the warm-up)
+        b = make_batch(batch, seq, cfg.vocab_size, device, max_pred=20 if seq <= 128 else 80)
+        try:
+            for _ in range(2):
+                step(b, False)
+                step(b, True)
+            sync(device)
+            break
+        except torch.OutOfMemoryError:
+            if batch == 1:
+                raise
+            out_of_memory.append(batch)
+        # outside the handler: the exception's frames (and the graph they hold) are gone
+        opt.zero_grad(set_to_none=True)
+        del b
+        _release(device)
+        batch //= 2
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times = {"padded": [], "unpadded": []}
+    for j in range(repeats):  # alternated, and who goes first alternates too
+        order = ("padded", "unpadded") if j % 2 == 0 else ("unpadded", "padded")
+        for path in order:
+            times[path].append(timed(partial(step, b, path == "unpadded"), device))
+    tokens = int(b["attention_mask"].sum())  # real tokens, as the trainer counts them
+    flops = flops_per_token(cfg, seq)
+    row = {
         "preset": preset,
         "seq": seq,
         "batch": batch,
-        "sequences_per_s": batch / step,
-        "tokens_per_s": tokens / step,
-        "tflops": achieved,
-        "mfu": achieved / peak if peak else None,
+        "batch_cap": cap,
+        "out_of_memory_at": out_of_memory,
+        "padding": 1.0 - tokens / (batch * seq),
+        "precision": precision,
+        "vocab_size": cfg.vocab_size,
         "device": name,
+        "peak_tflops": peak,
+        "peak_memory_gib": (
+            torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+        ),
     }
+    for path, measured in times.items():
+        seconds = statistics.median(measured)
+        achieved = flops * tokens / seconds / 1e12
+        row[path] = {
+            "step_ms": seconds * 1e3,
+            "tokens_per_s": tokens / seconds,
+            "sequences_per_s": batch / seconds,
+            "tflops": achieved,
+            "mfu": achieved / peak if peak else None,
+        }
+    # the trainer's eager path, which logged MFU is compared with
+    row["tokens_per_s"] = row["unpadded"]["tokens_per_s"]
+    row["mfu"] = row["unpadded"]["mfu"]
+    row["unpadded_over_padded"] = row["padded"]["step_ms"] / row["unpadded"]["step_ms"]
+    return row
 
 
 def main() -> None:
@@ -523,6 +585,11 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--only", default="step,e2e,preprocess,tokenizer,unpad,compile,cuda")
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="the cuda section at tiny sizes on any device (benchmarks/gpu.sh --dry-run)",
+    )
     parser.add_argument(
         "--work-dir", type=Path, help="keep the WikiText-2 shards here between runs (default: temp)"
     )
@@ -561,8 +628,11 @@ def main() -> None:
                 ]
             if "compile" in only:
                 results["compile"] = bench_compile(args.repeats, work)
-    if "cuda" in only and device.type == "cuda":
-        results["cuda"] = bench_cuda(args.repeats)
+    if "cuda" in only and (device.type == "cuda" or args.dry_run):
+        if args.dry_run:
+            results["cuda"] = bench_cuda(device, 1, DRY_RUN_CASES, "fp32", DRY_RUN_VOCAB)
+        else:
+            results["cuda"] = bench_cuda(device, args.repeats)
     print_table(results)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
@@ -620,12 +690,14 @@ def print_table(results: dict) -> None:
             f"{r['ratio']:.2f}x ({r['graph_breaks']} graph breaks)",
         )
     for r in results.get("cuda", []):
-        mfu = f"{100 * r['mfu']:.1f}% MFU" if r["mfu"] else "peak unknown"
-        table.add_row(
-            f"cuda {r['preset']} seq {r['seq']}",
-            "seq/s, MFU",
-            f"{r['sequences_per_s']:.0f} seq/s, {mfu}",
-        )
+        for path in ("unpadded", "padded"):
+            m = r[path]
+            mfu = f"{100 * m['mfu']:.1f}% MFU" if m["mfu"] else "peak unknown"
+            table.add_row(
+                f"{r['device']} {r['preset']} {r['batch']}x{r['seq']} {r['precision']} {path}",
+                "tokens/s, MFU",
+                f"{m['tokens_per_s']:.0f} tok/s, {mfu}",
+            )
     Console().print(table)
 
 

@@ -21,6 +21,8 @@ from bertcli.train.mfu import device_peak_tflops, flops_per_token, mfu, peak_tfl
         ("NVIDIA H100 PCIe", 756.0),
         ("NVIDIA H100 NVL", 835.0),
         ("NVIDIA H200", 989.4),
+        ("NVIDIA H200 NVL", 835.0),
+        ("NVIDIA GH200 480GB", 989.4),
         ("NVIDIA A100-SXM4-80GB", 312.0),
         ("NVIDIA A100 80GB PCIe", 312.0),
         ("NVIDIA L40S", 362.05),

@@ -16,6 +16,7 @@ from bertcli.config import BertConfig
 # (pattern on torch.cuda.get_device_name(), dense bf16 TFLOP/s); the first match wins, so the
 # specific names come before the families they belong to
 PEAK_TFLOPS: tuple[tuple[str, float], ...] = (
+    (r"\bGH200\b", 989.4),  # Grace Hopper: an H100/H200-class GPU ("NVIDIA GH200 480GB")
     (r"\bH200 NVL\b", 835.0),
     (r"\bH200\b", 989.4),  # SXM
     (r"\bH100 NVL\b", 835.0),

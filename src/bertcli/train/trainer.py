@@ -53,6 +53,7 @@ from bertcli.train.checkpoint import (
     set_rng_state,
 )
 from bertcli.train.kernels import check_compile, flash_attention
+from bertcli.train.memory import batch_must_fit
 from bertcli.train.mfu import device_peak_tflops, flops_per_token, mfu
 from bertcli.train.optim import build_optimizer
 from bertcli.train.runtime import Runtime
@@ -466,7 +467,9 @@ class Trainer:
                 iterator = iter(loader)
                 for _ in range(remaining):
                     micro = [next(iterator) for _ in range(cfg.batches_per_step)]
-                    totals, grad_norm, lr, tokens = self._train_step(micro)
+                    where = str(runtime.device)
+                    with batch_must_fit("--batch-size", cfg.batch_size, self._shape, where):
+                        totals, grad_norm, lr, tokens = self._train_step(micro)
                     self.step += 1
                     self.step_in_epoch += 1
                     window += totals
@@ -504,7 +507,7 @@ class Trainer:
                             **({"mfu": fields["mfu"]} if "mfu" in fields else {}),
                         )
                     if cfg.eval_every and self.step % cfg.eval_every == 0:
-                        last_eval = self._evaluate()
+                        last_eval = self._evaluate_fitting()
                     if cfg.save_every and self.step % cfg.save_every == 0:
                         self.save()
                     if self._should_stop(stop):
@@ -521,7 +524,7 @@ class Trainer:
         if stopped:
             self.reporter.log(f"stopping at step {self.step} on request; saving a checkpoint")
         elif self.eval_data is not None and (not cfg.eval_every or self.step % cfg.eval_every):
-            last_eval = self._evaluate()
+            last_eval = self._evaluate_fitting()
         final = self.out / "checkpoints" / checkpoint_name(self.step)
         try:
             # rank 0 decides: ranks that see different files must all enter save()'s collective
@@ -568,6 +571,10 @@ class Trainer:
             self.metrics.write(row)
         return row
 
+    def _shape(self) -> int:
+        """The sequence length of the latest batch (for an out-of-memory message)."""
+        return self._seq_len or getattr(self.train_data, "max_seq_length", 0)
+
     def close(self) -> None:
         """Drop the DDP wrapper (and its reducer) now, not at interpreter exit."""
         self.net = self.model
@@ -591,6 +598,14 @@ class Trainer:
                 "--precision bf16/fp32 or --max-grad-norm; --resume restarts from the last good "
                 "checkpoint)"
             )
+
+    def _evaluate_fitting(self) -> dict[str, Any]:
+        """`_evaluate`, with out of GPU memory as one line naming --eval-batch-size."""
+        batch = self.config.eval_batch_size or self.config.batch_size
+        seq_len = getattr(self.eval_data, "max_seq_length", 0)
+        where = f"{self.runtime.device} (evaluation)"
+        with batch_must_fit("--eval-batch-size", batch, lambda: seq_len, where):
+            return self._evaluate()
 
     def _evaluate(self) -> dict[str, Any]:
         if self.eval_data is None:
