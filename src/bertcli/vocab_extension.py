@@ -22,7 +22,8 @@ with the largest saving is re-evaluated against the vocabulary chosen so far and
 still the largest, else put back with its new saving (ties: the piece's text). Savings are not
 strictly submodular under greedy WordPiece, so stale savings are upper bounds only
 approximately; the re-evaluation is what keeps two overlapping pieces from both being taken for
-the same tokens. Pieces whose saving is not positive are never taken.
+the same tokens. Pieces whose saving is not positive are never taken, and a piece that later
+choices leave unused on the corpus is dropped and replaced.
 """
 
 from __future__ import annotations
@@ -258,7 +259,11 @@ class _Selection:
             self.cost[i] = _cost(self.words[i], self.vocab, self.max_len)
 
     def choose(self, n: int, reporter: Reporter) -> list[tuple[str, int]]:
-        """Up to `n` (piece, saving) pairs, most useful first."""
+        """Up to `n` (piece, saving) pairs, most useful first.
+
+        A piece that later pieces made idle (the corpus never emits it any more: "belie" once
+        "believe" and "##f" are in) is dropped and its place refilled; dropping a piece no word
+        uses changes no tokenization, so the other savings stay true."""
         reporter.start("Ranking candidate pieces", total=len(self.candidates), unit="pieces")
         heap = []
         for piece in self.candidates:
@@ -268,20 +273,36 @@ class _Selection:
             reporter.advance(1)
         reporter.finish()
         heapq.heapify(heap)
-        chosen: list[tuple[str, int]] = []
+        chosen: dict[str, int] = {}
+        dropped: set[str] = set()
+        version = 0  # bumped on every change of the vocabulary: older savings are stale
         reporter.start("Choosing pieces", total=n, unit="pieces")
-        while heap and len(chosen) < n:
-            neg, piece, round_ = heapq.heappop(heap)
-            if round_ == len(chosen):  # its saving is current: it is the best
-                self.take(piece)
-                chosen.append((piece, -neg))
-                reporter.advance(1)
-                continue
-            gain = self.saving(piece)
-            if gain > 0:
-                heapq.heappush(heap, (-gain, piece, len(chosen)))
+        while True:
+            while heap and len(chosen) < n:
+                neg, piece, seen_at = heapq.heappop(heap)
+                if piece in dropped:
+                    continue
+                if seen_at == version:  # its saving is current: it is the best
+                    self.take(piece)
+                    chosen[piece] = -neg
+                    version += 1
+                    reporter.advance(1)
+                    continue
+                gain = self.saving(piece)
+                if gain > 0:
+                    heapq.heappush(heap, (-gain, piece, version))
+            used = self.emitted(set(chosen))
+            idle = [p for p in chosen if used[p] == 0]
+            if not idle:
+                break
+            for piece in idle:
+                del chosen[piece]
+                self.vocab.discard(piece)
+                dropped.add(piece)
+            version += 1
+            reporter.advance(-len(idle))
         reporter.finish()
-        return chosen
+        return list(chosen.items())
 
     def tokens(self, vocab: set[str] | None = None) -> int:
         """Tokens the corpus takes under `vocab` (default: the chosen one), [UNK] as one."""
