@@ -216,7 +216,13 @@ def test_bad_input_is_one_line(invoke, tmp_path):
 
     blank = tmp_path / "blank.txt"
     blank.write_text("\n   \n\n")
-    assert "no text" in _one_line(extend("--train-data", str(blank), "--add-tokens", "1", out="o2"))
+    assert "is empty" in _one_line(
+        extend("--train-data", str(blank), "--add-tokens", "1", out="o2")
+    )
+    unknowns = tmp_path / "unk.txt"
+    unknowns.write_text("[UNK] [UNK]\n")  # WikiText's markers are not words: nothing to count
+    line = _one_line(extend("--train-data", str(unknowns), "--add-tokens", "1", out="o2"))
+    assert "the corpus has no text" in line
     assert "--add-tokens" in _one_line(extend("--train-data", str(corpus), out="o3"))
 
     busy = tmp_path / "busy"
