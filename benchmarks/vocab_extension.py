@@ -1,7 +1,7 @@
 """Does extending the vocabulary pay on unseen-domain text? Fertility, step-0 and after-K MLM loss.
 
     python benchmarks/vocab_extension.py [--work DIR] [--base-run DIR] [--base-steps 150]
-        [--steps 60] [--add-tokens 1000] [--batch-size 16] [--max-seq-length 64]
+        [--steps 30] [--add-tokens 1000] [--batch-size 16] [--max-seq-length 64]
         [--json benchmarks/results/vocab-extension-cpu-2core.json]
 
 The base is a `mini` BERT pretrained here on WikiText-2 (`--base-steps`, or reuse a run dir with
@@ -72,13 +72,13 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/bertcli-vocab-extension"))
     parser.add_argument("--base-run", type=Path, default=None, help="reuse this base run dir")
     parser.add_argument("--base-steps", type=int, default=150)
-    parser.add_argument("--steps", type=int, default=60, help="K continued-pretraining steps")
+    parser.add_argument("--steps", type=int, default=30, help="K continued-pretraining steps")
     parser.add_argument("--add-tokens", type=int, default=1000)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-seq-length", type=int, default=64)
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--eval-lines", type=int, default=600, help="held-out tweets scored")
+    parser.add_argument("--eval-lines", type=int, default=400, help="held-out tweets scored")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
