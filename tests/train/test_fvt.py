@@ -18,6 +18,7 @@ from bertcli.tokenizer import load_tokenizer, tokenizer_from_vocab, write_tokeni
 from bertcli.train.runtime import init_runtime
 from bertcli.vocab_extension import EXTENSION_FILE, extend_tokenizer
 from bertcli.vocab_resize import grow_embeddings, plan_growth
+from tests.test_hub import _bertcli, _env, hub  # noqa: F401 - the loopback Hub fixture
 from tests.test_vocab_extension import write_corpus, write_vocab
 
 WORDS = {"zebra": 10, "quoll": 8, "dingo": 6, "koala": 4, "hyena": 3}
@@ -172,3 +173,30 @@ def test_other_mismatches_are_refused(base, extended, tmp_path, invoke):
     )  # fmt: skip
     assert result.exit_code == 2
     assert "tokenizer has 59 tokens but the model config has vocab_size 66" in result.stderr
+
+
+def test_published_name_extended_then_grown(hub, tmp_path):  # noqa: F811 - the fixture
+    """--extend bert-base-uncased, then --init-from the name (the loopback Hub serves it)."""
+    env = _env(tmp_path, hub)
+    corpus = write_corpus(tmp_path / "domain.txt", {"glorptex": 10, "snarfwib": 8})  # not in it
+    ext = tmp_path / "ext"
+    args = ["--train-data", corpus, "--add-tokens", "2", "--out", ext]
+    result = _bertcli(env, "build-tokenizer", "--extend", "bert-base-uncased", *args)
+    assert result.returncode == 0, result.stderr
+    record = json.loads((ext / EXTENSION_FILE).read_text())
+    assert record["base"]["source"] == "bert-base-uncased"
+    assert record["base"]["vocab_sha256"].startswith("07eced375cec144d")  # the published file
+    pieces = sorted((p["piece"], p["id"], p["slot"]) for p in record["pieces"])
+    assert pieces[0][0] == "glorptex" and pieces[1][0] == "snarfwib"
+    assert {(i, slot) for _, i, slot in pieces} == {(1, "[unused0]"), (2, "[unused1]")}
+    text = tmp_path / "train.txt"
+    text.write_text(TEXT * 40)
+    result = _bertcli(
+        env, "pretrain", "--data-text", "--train-data", text, "--init-from", "bert-base-uncased",
+        "--tokenizer", ext, "--max-steps", "1", "--batch-size", "2", "--max-seq-length", "32",
+        "--device", "cpu", "--no-nsp", "--out", tmp_path / "run",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "30522 -> 30522 tokens, 2 rows of unused slots re-used and 0 appended" in (
+        result.stdout + result.stderr
+    )
