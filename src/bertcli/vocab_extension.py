@@ -480,7 +480,17 @@ def read_extension(directory: Path) -> dict | None:
         return None
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        data["base"]["vocab_sha256"], data["pieces"]  # noqa: B018 - the fields we rely on
-    except (OSError, ValueError, KeyError, TypeError):
-        raise UserError(f"{path}: not a readable {EXTENSION_FILE}") from None
+    except (OSError, ValueError):
+        data = None
+    readable = (
+        isinstance(data, dict)
+        and isinstance(data.get("base"), dict)
+        and isinstance(data["base"].get("vocab_sha256"), str)
+        and isinstance(data.get("pieces"), list)
+        and all(
+            isinstance(p, dict) and {"piece", "id", "base_ids"} <= p.keys() for p in data["pieces"]
+        )
+    )
+    if not readable:
+        raise UserError(f"{path}: not a readable {EXTENSION_FILE}")
     return data

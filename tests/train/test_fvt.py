@@ -200,3 +200,9 @@ def test_published_name_extended_then_grown(hub, tmp_path):  # noqa: F811 - the 
     assert "30522 -> 30522 tokens, 2 rows of unused slots re-used and 0 appended" in (
         result.stdout + result.stderr
     )
+
+
+def test_unreadable_extension_json_is_refused(base, extended):
+    (extended / EXTENSION_FILE).write_text('{"base": {}, "pieces": 3}')
+    with pytest.raises(UserError, match="not a readable extension.json"):
+        plan_growth(load_tokenizer(extended), base, 66)
