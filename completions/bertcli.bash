@@ -18,7 +18,7 @@ _bertcli() {
                 --vocab-file) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --sentencepiece-model) COMPREPLY=($(compgen -f -- "$cur")); return ;;
             esac
-            COMPREPLY=($(compgen -W '--out --type --train-data --vocab-size --min-frequency --sample-size --lowercase --no-lowercase --input-format --vocab-file --sentencepiece-model --json --help' -- "$cur"))
+            COMPREPLY=($(compgen -W '--out --type --train-data --vocab-size --min-frequency --sample-size --lowercase --no-lowercase --input-format --vocab-file --sentencepiece-model --json --extend --add-tokens --help' -- "$cur"))
             ;;
         download)
             case "$prev" in

@@ -20,6 +20,8 @@ complete -c bertcli -n '__fish_seen_subcommand_from build-tokenizer' -l input-fo
 complete -c bertcli -n '__fish_seen_subcommand_from build-tokenizer' -l vocab-file -r -F -d 'Wrap a published BERT vocab.txt instead of training.'
 complete -c bertcli -n '__fish_seen_subcommand_from build-tokenizer' -l sentencepiece-model -r -F -d 'Import a SentencePiece Unigram tokenizer.model instead of training.'
 complete -c bertcli -n '__fish_seen_subcommand_from build-tokenizer' -l json -d 'Print a JSON summary, no progress.'
+complete -c bertcli -n '__fish_seen_subcommand_from build-tokenizer' -l extend -d 'Extend this WordPiece vocabulary (tokenizer dir, vocab.txt, checkpoint or published name) with pieces learnt from --train-data; base ids stay.'
+complete -c bertcli -n '__fish_seen_subcommand_from build-tokenizer' -l add-tokens -d 'With --extend: how many pieces to add ([unused*] slots first, then appended).'
 complete -c bertcli -n '__fish_seen_subcommand_from download' -l out -r -F -d 'Directory to fill (default: data/NAME).'
 complete -c bertcli -n '__fish_seen_subcommand_from download' -l url -d 'Use this mirror (http(s):// or file://) instead of the known ones; for wikipedia the base URL of a dump server with dumps.wikimedia.org'\''s layout.'
 complete -c bertcli -n '__fish_seen_subcommand_from download' -l sha256 -d 'Expected sha256 of the archive.'

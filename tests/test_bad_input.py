@@ -76,6 +76,7 @@ BAD_SHARDS = {
 
 
 BT = ["build-tokenizer", "--out", "{out}"]
+BT_EXTEND = BT + ["--extend", "{d}/tok", "--train-data", "{d}/corpus.txt"]
 PP = ["preprocess", "--tokenizer", "{d}/tok", "--out", "{out}"]
 PT = [
     "pretrain",
@@ -129,6 +130,17 @@ CASES = {
         "and one more piece need --vocab-size",
     ),
     "bt-no-source": (BT, "exactly one of"),
+    "bt-extend-no-n": (BT_EXTEND, "together"),
+    "bt-extend-no-data": (BT + ["--extend", "{d}/tok", "--add-tokens", "5"], "needs --train-data"),
+    "bt-extend-zero": (BT_EXTEND + ["--add-tokens", "0"], "--add-tokens must be >= 1"),
+    "bt-extend-missing": (
+        BT + ["--extend", "{d}/nope", "--train-data", "{d}/corpus.txt", "--add-tokens", "5"],
+        "no such file or directory, and not a published model name",
+    ),
+    "bt-extend-lowercase": (
+        BT_EXTEND + ["--add-tokens", "5", "--no-lowercase"],
+        "keeps the base's normaliser",
+    ),
     "bt-two-sources": (
         BT + ["--train-data", "{d}/corpus.txt", "--vocab-file", "{d}/tok/vocab.txt"],
         "exactly one of",

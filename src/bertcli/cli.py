@@ -227,6 +227,15 @@ def build_tokenizer(
         None, help="Import a SentencePiece Unigram tokenizer.model instead of training."
     ),
     json_output: bool = typer.Option(False, "--json", help="Print a JSON summary, no progress."),
+    extend: str | None = typer.Option(
+        None,
+        metavar="BASE",
+        help="Extend this WordPiece vocabulary (tokenizer dir, vocab.txt, checkpoint or published "
+        "name) with pieces learnt from --train-data; base ids stay.",
+    ),
+    add_tokens: int | None = typer.Option(
+        None, help="With --extend: how many pieces to add ([unused*] slots first, then appended)."
+    ),
 ) -> None:
     """Train a WordPiece / SentencePiece vocabulary, or wrap a published vocab.txt.
 
@@ -236,6 +245,12 @@ def build_tokenizer(
     from bertcli import tokenizer as tk
     from bertcli.console import make_reporter
 
+    if extend is not None or add_tokens is not None:
+        _extend_tokenizer(
+            extend, train_data, add_tokens, out, type, lowercase, vocab_file, sentencepiece_model,
+            min_frequency, sample_size, input_format, json_output,
+        )  # fmt: skip
+        return
     sources = [bool(train_data), vocab_file is not None, sentencepiece_model is not None]
     if sum(sources) != 1:
         raise UserError("give exactly one of --train-data, --vocab-file, --sentencepiece-model")
@@ -275,6 +290,54 @@ def build_tokenizer(
                 'string "text" field'
             )
     _report(summary, json_output, f"wrote {tok.kind} tokenizer ({tok.vocab_size} tokens) to {out}")
+
+
+def _extend_tokenizer(
+    extend, train_data, add_tokens, out, type, lowercase, vocab_file, sentencepiece_model,
+    min_frequency, sample_size, input_format, json_output,
+) -> None:  # fmt: skip
+    """build-tokenizer --extend: check the option combination, then extend."""
+    from bertcli.console import make_reporter
+    from bertcli.vocab_extension import extend_tokenizer
+
+    if extend is None or add_tokens is None:
+        raise UserError("--extend BASE and --add-tokens N go together")
+    if not train_data:
+        raise UserError("--extend needs --train-data (the domain corpus)")
+    if vocab_file is not None or sentencepiece_model is not None:
+        raise UserError(
+            "--extend takes its vocabulary from BASE: drop --vocab-file/--sentencepiece-model"
+        )
+    if type is not TokenizerType.wordpiece:
+        raise UserError("--extend extends WordPiece vocabularies only: drop --type")
+    if lowercase is not None:
+        raise UserError("--extend keeps the base's normaliser: drop --lowercase/--no-lowercase")
+    reporter = make_reporter(quiet=json_output)
+    ext = extend_tokenizer(
+        extend, train_data, add_tokens, out, min_frequency=min_frequency,
+        sample_size=sample_size, input_format=input_format.value, reporter=reporter,
+    )  # fmt: skip
+    filled = sum(1 for p in ext.pieces if p.slot is not None)
+    summary = {
+        "out": str(out),
+        "type": "wordpiece",
+        "vocab_size": ext.tokenizer.vocab_size,
+        "lowercase": ext.tokenizer.lowercase,
+        "base": ext.base,
+        "added": len(ext.pieces),
+        "slots_filled": filled,
+        "appended": len(ext.pieces) - filled,
+        "corpus_tokens_base": ext.corpus["base_tokens"],
+        "corpus_tokens_extended": ext.corpus["extended_tokens"],
+    }
+    saved = ext.corpus["base_tokens"] - ext.corpus["extended_tokens"]
+    _report(
+        summary,
+        json_output,
+        f"wrote extended tokenizer ({ext.tokenizer.vocab_size} tokens: {filled} [unused*] slots "
+        f"filled, {len(ext.pieces) - filled} appended) to {out}; the corpus takes {saved} fewer "
+        f"tokens ({ext.corpus['base_tokens']} -> {ext.corpus['extended_tokens']})",
+    )
 
 
 @app.command("download")

@@ -42,6 +42,7 @@ from bertcli.train.checkpoint import STATE_FILE, resolve_checkpoint
 from bertcli.train.rundir import check_shared_file, claim_run_dir
 from bertcli.train.runtime import Runtime, init_runtime, shutdown
 from bertcli.train.trainer import Trainer
+from bertcli.vocab_resize import VocabGrowth, grow_embeddings, plan_growth
 
 DEFAULT_DOWNLOAD = Path("data") / "wikitext2"
 
@@ -145,6 +146,14 @@ def _model_config(config: PretrainConfig, tokenizer: BertTokenizer | None, init_
     return model_config
 
 
+def _vocab_growth(tokenizer, init_dir, resume_dir, vocab_size: int) -> VocabGrowth | None:
+    """How --tokenizer extends the --init-from checkpoint's vocabulary (None: it does not, and
+    check_vocab judges the sizes as for any tokenizer). A resumed run has grown already."""
+    if tokenizer is None or init_dir is None or resume_dir is not None:
+        return None
+    return plan_growth(tokenizer, init_dir, vocab_size)
+
+
 def _with_dropout(model: BertForPreTraining, config: PretrainConfig) -> BertForPreTraining:
     """--hidden-dropout/--attention-dropout over any model (fresh, --init-from or resumed)."""
     overrides = {
@@ -245,6 +254,9 @@ def _run(
     train_files, eval_files = resolve_data(config, log)
     tokenizer = _tokenizer(config, runtime, out, train_files, log, [resume_dir, init_dir])
     model_config = _model_config(config, tokenizer, init_dir, resume_dir)
+    growth = _vocab_growth(tokenizer, init_dir, resume_dir, model_config.vocab_size)
+    if growth is not None:  # an extended tokenizer: the checkpoint grows to it (FVT rows)
+        model_config = model_config.with_overrides(vocab_size=growth.new_size)
     if tokenizer is not None:
         check_vocab(tokenizer, model_config.vocab_size, "the model config")
 
@@ -300,6 +312,9 @@ def _run(
                 f"--init-from has no pretraining heads; initialised {len(model.fresh_heads)} "
                 "tensors (pooler, MLM, NSP) fresh"
             )
+        if growth is not None:
+            model = grow_embeddings(model, growth)
+            log.log(growth.summary())
     else:
         model = BertForPreTraining(model_config)
     model = _with_dropout(model, config)
