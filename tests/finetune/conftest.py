@@ -87,3 +87,12 @@ def ner_files(tmp_path):
     train.write_text(NER_TRAIN * 4, encoding="utf-8")
     dev.write_text(NER_DEV, encoding="utf-8")
     return train, dev
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models gain nothing from intra-op threads; on a loaded machine they spin."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
