@@ -9,7 +9,15 @@ import torch
 
 from bertcli import __version__
 
-COMMANDS = ["download", "build-tokenizer", "preprocess", "pretrain", "evaluate", "export-config"]
+COMMANDS = [
+    "download",
+    "build-tokenizer",
+    "preprocess",
+    "pretrain",
+    "evaluate",
+    "finetune",
+    "export-config",
+]
 
 
 def test_version(invoke):
