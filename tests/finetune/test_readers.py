@@ -138,3 +138,20 @@ def test_generic_csv_and_jsonl(tmp_path):
     headerless.write_text("x\tfirst\t0\ny\tsecond\t1\n")
     rows = fdata.read_examples(headerless, fdata.Columns("1", None, "2", header=False), "t")
     assert [(e.text, e.label) for e in rows] == [("first", "0"), ("second", "1")]
+
+
+def test_tokenizer_padding_and_truncation_are_switched_off(tokenizer_dir, tmp_path):
+    """sentence-transformers' tokenizer.json pads every text to 128 (all-MiniLM-L6-v2 does):
+    fine-tuning must see the real tokens only."""
+    from bertcli.finetune.run import finetune_tokenizer
+
+    padded = load_tokenizer(tokenizer_dir)
+    padded.tokenizer.enable_padding(length=128, pad_id=padded.pad_id, pad_token="[PAD]")
+    padded.tokenizer.enable_truncation(max_length=128)
+    (tmp_path / "tok").mkdir()
+    padded.tokenizer.save(str(tmp_path / "tok" / "tokenizer.json"))
+    tok = finetune_tokenizer(None, tmp_path / "tok", "x")
+    examples = [fdata.Example("a short text", None, "0", 2)]
+    features = fdata.encode_examples(tok, examples, [0], 64)
+    reference = fdata.encode_examples(load_tokenizer(tokenizer_dir), examples, [0], 64)
+    assert features == reference and len(features[0]["input_ids"]) < 10

@@ -408,12 +408,19 @@ def _refuse_other_run(out: Path, runtime: Runtime) -> None:
     runtime.check_all(runtime.from_main(error))
 
 
-def _tokenizer(config: FinetuneConfig, init_dir: Path) -> BertTokenizer:
-    if config.tokenizer is not None:
-        return load_tokenizer(config.tokenizer)
-    if (init_dir / "tokenizer.json").is_file() or (init_dir / "vocab.txt").is_file():
-        return load_tokenizer(init_dir)
-    raise UserError(f"--init-from {config.init_from} holds no tokenizer; pass --tokenizer DIR")
+def finetune_tokenizer(tokenizer: Path | None, init_dir: Path, init_from: str) -> BertTokenizer:
+    """--tokenizer, else the checkpoint's own; with the padding and truncation a
+    `tokenizer.json` may carry switched off (sentence-transformers' pad every text to 128):
+    batches pad themselves, and pairs are truncated here, longest first."""
+    if tokenizer is not None:
+        tok = load_tokenizer(tokenizer)
+    elif (init_dir / "tokenizer.json").is_file() or (init_dir / "vocab.txt").is_file():
+        tok = load_tokenizer(init_dir)
+    else:
+        raise UserError(f"--init-from {init_from} holds no tokenizer; pass --tokenizer DIR")
+    tok.tokenizer.no_padding()
+    tok.tokenizer.no_truncation()
+    return tok
 
 
 def run_finetune(
@@ -443,7 +450,7 @@ def _run(config: FinetuneConfig, runtime: Runtime, log: Reporter, cleanup) -> di
     task = get_task(config.task)
     init_dir = resolve_model(config.init_from, "--init-from", runtime, log)
     model_config = load_config(init_dir)
-    tokenizer = _tokenizer(config, init_dir)
+    tokenizer = finetune_tokenizer(config.tokenizer, init_dir, config.init_from)
     check_vocab(tokenizer, model_config.vocab_size, f"--init-from {config.init_from}")
     check_positions(
         config.max_seq_length, model_config.max_position_embeddings, "--max-seq-length",
