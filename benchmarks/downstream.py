@@ -117,6 +117,7 @@ def trainer_run(model_dir: Path, data: Path, args, seed: int, work: Path) -> dic
     )
 
     transformers.logging.set_verbosity_error()
+    torch.set_num_threads(args.threads)
     tok = AutoTokenizer.from_pretrained(model_dir)
 
     def rows(name):
@@ -177,8 +178,13 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=5e-5)
     parser.add_argument("--pretrain-steps", type=int, default=2000)
     parser.add_argument("--pretrain-batch-size", type=int, default=32)
+    parser.add_argument(
+        "--threads", type=int, default=1,
+        help="torch threads for both sides (on a loaded 2-core machine 2 threads ran 10x slower)",
+    )
     parser.add_argument("--skip", nargs="*", default=[], help="scratch pretrained minilm trainer wnut")
     args = parser.parse_args()
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the bertcli subprocesses
     args.work.mkdir(parents=True, exist_ok=True)
     log = args.work / "log.txt"
     started = time.time()
