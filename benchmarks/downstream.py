@@ -94,10 +94,29 @@ def finetune(init: Path, task: str, data: Path, out: Path, args, seeds: int, see
     flags = ["--data-dir", str(data)]
     summary = sh(
         bertcli(
-            "finetune", "--init-from", str(init), "--task", task, *flags, "--out", str(out),
-            "--seeds", str(seeds), "--seed", str(seed), "--num-epochs", str(args.epochs),
-            "--batch-size", str(args.batch_size), "--max-seq-length", str(args.max_seq_length),
-            "--lr", str(args.lr), "--device", "cpu", "--json",
+            "finetune",
+            "--init-from",
+            str(init),
+            "--task",
+            task,
+            *flags,
+            "--out",
+            str(out),
+            "--seeds",
+            str(seeds),
+            "--seed",
+            str(seed),
+            "--num-epochs",
+            str(args.epochs),
+            "--batch-size",
+            str(args.batch_size),
+            "--max-seq-length",
+            str(args.max_seq_length),
+            "--lr",
+            str(args.lr),
+            "--device",
+            "cpu",
+            "--json",
         ),
         log,
     )
@@ -126,8 +145,12 @@ def trainer_run(model_dir: Path, data: Path, args, seed: int, work: Path) -> dic
 
     class Data(torch.utils.data.Dataset):
         def __init__(self, items):
-            enc = tok([t for t, _ in items], padding="max_length", truncation=True,
-                      max_length=args.max_seq_length)
+            enc = tok(
+                [t for t, _ in items],
+                padding="max_length",
+                truncation=True,
+                max_length=args.max_seq_length,
+            )
             self.items = [
                 {**{k: enc[k][i] for k in enc}, "labels": label}
                 for i, (_, label) in enumerate(items)
@@ -143,18 +166,27 @@ def trainer_run(model_dir: Path, data: Path, args, seed: int, work: Path) -> dic
     transformers.set_seed(seed)
     model = BertForSequenceClassification.from_pretrained(model_dir, num_labels=2)
     training = TrainingArguments(
-        output_dir=str(work / f"trainer-{seed}"), learning_rate=args.lr,
-        num_train_epochs=args.epochs, per_device_train_batch_size=args.batch_size,
-        per_device_eval_batch_size=args.batch_size, weight_decay=0.0, warmup_ratio=0.0,
-        seed=seed, report_to=[], save_strategy="no", use_cpu=True, logging_strategy="no",
+        output_dir=str(work / f"trainer-{seed}"),
+        learning_rate=args.lr,
+        num_train_epochs=args.epochs,
+        per_device_train_batch_size=args.batch_size,
+        per_device_eval_batch_size=args.batch_size,
+        weight_decay=0.0,
+        warmup_ratio=0.0,
+        seed=seed,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=True,
+        logging_strategy="no",
         disable_tqdm=True,
     )
 
     def accuracy(pred):
         return {"accuracy": float((np.argmax(pred.predictions, -1) == pred.label_ids).mean())}
 
-    trainer = Trainer(model=model, args=training, train_dataset=train, eval_dataset=dev,
-                      compute_metrics=accuracy)
+    trainer = Trainer(
+        model=model, args=training, train_dataset=train, eval_dataset=dev, compute_metrics=accuracy
+    )
     out = trainer.train()
     scores = trainer.evaluate()
     return {
@@ -179,10 +211,14 @@ def main() -> None:
     parser.add_argument("--pretrain-steps", type=int, default=2000)
     parser.add_argument("--pretrain-batch-size", type=int, default=32)
     parser.add_argument(
-        "--threads", type=int, default=1,
+        "--threads",
+        type=int,
+        default=1,
         help="torch threads for both sides (on a loaded 2-core machine 2 threads ran 10x slower)",
     )
-    parser.add_argument("--skip", nargs="*", default=[], help="scratch pretrained minilm trainer wnut")
+    parser.add_argument(
+        "--skip", nargs="*", default=[], help="scratch pretrained minilm trainer wnut"
+    )
     args = parser.parse_args()
     os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the bertcli subprocesses
     args.work.mkdir(parents=True, exist_ok=True)
@@ -198,13 +234,34 @@ def main() -> None:
     if "pretrained" not in args.skip or "scratch" not in args.skip:
         if not (pre / "checkpoints").is_dir():
             t = time.time()
-            sh(bertcli(
-                "pretrain", "--data-text", "--train-data", str(DATA / "wikitext-2" / "train.txt"),
-                "--vocab-file", str(VOCAB), "--preset", "mini", "--max-steps",
-                str(args.pretrain_steps), "--batch-size", str(args.pretrain_batch_size),
-                "--max-seq-length", "128", "--lr", "5e-4", "--warmup-ratio", "0.05",
-                "--out", str(pre), "--device", "cpu", "--json",
-            ), log)
+            sh(
+                bertcli(
+                    "pretrain",
+                    "--data-text",
+                    "--train-data",
+                    str(DATA / "wikitext-2" / "train.txt"),
+                    "--vocab-file",
+                    str(VOCAB),
+                    "--preset",
+                    "mini",
+                    "--max-steps",
+                    str(args.pretrain_steps),
+                    "--batch-size",
+                    str(args.pretrain_batch_size),
+                    "--max-seq-length",
+                    "128",
+                    "--lr",
+                    "5e-4",
+                    "--warmup-ratio",
+                    "0.05",
+                    "--out",
+                    str(pre),
+                    "--device",
+                    "cpu",
+                    "--json",
+                ),
+                log,
+            )
             report["pretrain_time_s"] = time.time() - t
         models["pretrained"] = pre
         scratch = args.work / "mini-scratch"
@@ -234,16 +291,19 @@ def main() -> None:
             # seed by seed, alternating bertcli and Trainer: the same load for both sides
             runs, theirs = [], []
             for seed in range(42, 42 + args.seeds):
-                one = finetune(path, "sst2", sst2, args.work / f"{name}-sst2-{seed}", args, 1,
-                               seed, log)
+                one = finetune(
+                    path, "sst2", sst2, args.work / f"{name}-sst2-{seed}", args, 1, seed, log
+                )
                 runs.append(one["runs"][0])
                 theirs.append(trainer_run(path, sst2, args, seed, args.work))
-                speed.append({
-                    "seed": seed,
-                    "bertcli_examples_per_s": runs[-1]["examples_per_s"],
-                    "trainer_examples_per_s": theirs[-1]["examples_per_s"],
-                    "load": load(),
-                })
+                speed.append(
+                    {
+                        "seed": seed,
+                        "bertcli_examples_per_s": runs[-1]["examples_per_s"],
+                        "trainer_examples_per_s": theirs[-1]["examples_per_s"],
+                        "load": load(),
+                    }
+                )
             row["sst2_accuracy"] = statistics.median(r["eval"]["accuracy"] for r in runs)
             row["sst2_runs"] = runs
             report["trainer"] = {
@@ -251,8 +311,9 @@ def main() -> None:
                 "runs": theirs,
             }
         else:
-            res = finetune(path, "sst2", sst2, args.work / f"{name}-sst2", args, args.seeds, 42,
-                           log)
+            res = finetune(
+                path, "sst2", sst2, args.work / f"{name}-sst2", args, args.seeds, 42, log
+            )
             row["sst2_accuracy"] = res["eval"]["accuracy"]
             row["sst2_runs"] = res["runs"]
         if "wnut" not in args.skip:

@@ -33,8 +33,21 @@ def test_sst2_seeds_json_and_model_loads_in_transformers(invoke, checkpoint, tmp
     out = tmp_path / "run"
     data = _sst2_small(tmp_path)
     result = invoke(
-        "finetune", "--init-from", checkpoint, "--task", "sst2", "--data-dir", data,
-        "--out", out, "--seeds", "2", "--json", *FAST, "--lr", "1e-3",
+        "finetune",
+        "--init-from",
+        checkpoint,
+        "--task",
+        "sst2",
+        "--data-dir",
+        data,
+        "--out",
+        out,
+        "--seeds",
+        "2",
+        "--json",
+        *FAST,
+        "--lr",
+        "1e-3",
     )
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)  # the only thing on stdout
@@ -51,7 +64,10 @@ def test_sst2_seeds_json_and_model_loads_in_transformers(invoke, checkpoint, tmp
 
     rows = [json.loads(line) for line in (out / "eval_predictions.jsonl").read_text().splitlines()]
     assert [r["index"] for r in rows] == list(range(40))
-    assert {r["label"] for r in rows} <= {"0", "1"} and {r["prediction"] for r in rows} <= {"0", "1"}
+    assert {r["label"] for r in rows} <= {"0", "1"} and {r["prediction"] for r in rows} <= {
+        "0",
+        "1",
+    }
     median_seed = on_disk["median_seed"]
     median_run = next(r for r in on_disk["runs"] if r["seed"] == median_seed)
     correct = sum(r["label"] == r["prediction"] for r in rows) / len(rows)
@@ -69,9 +85,7 @@ def test_sst2_seeds_json_and_model_loads_in_transformers(invoke, checkpoint, tmp
     theirs = transformers.BertForSequenceClassification.from_pretrained(out / "model").eval()
     tok = transformers.AutoTokenizer.from_pretrained(out / "model")
     ours = build_task_model(out / "model", "sequence", 2, keep_classifier=True).eval()
-    texts = [
-        line.split("\t")[0] for line in (data / "dev.tsv").read_text().splitlines()[1:]
-    ]
+    texts = [line.split("\t")[0] for line in (data / "dev.tsv").read_text().splitlines()[1:]]
     batch = tok(texts, padding=True, truncation=True, max_length=32, return_tensors="pt")
     with torch.no_grad():
         ref = theirs(**batch).logits
@@ -85,9 +99,30 @@ def test_ner_keep_all_seeds_and_token_model(invoke, checkpoint, ner_files, tmp_p
     train, dev = ner_files
     out = tmp_path / "ner"
     result = invoke(
-        "finetune", "--init-from", checkpoint, "--task", "ner", "--train-data", train,
-        "--eval-data", dev, "--out", out, "--seeds", "2", "--keep-all-seeds", "--lr", "5e-3",
-        "--num-epochs", "2", "--batch-size", "4", "--max-seq-length", "8", "--device", "cpu",
+        "finetune",
+        "--init-from",
+        checkpoint,
+        "--task",
+        "ner",
+        "--train-data",
+        train,
+        "--eval-data",
+        dev,
+        "--out",
+        out,
+        "--seeds",
+        "2",
+        "--keep-all-seeds",
+        "--lr",
+        "5e-3",
+        "--num-epochs",
+        "2",
+        "--batch-size",
+        "4",
+        "--max-seq-length",
+        "8",
+        "--device",
+        "cpu",
     )
     assert result.exit_code == 0, result.output
     results = json.loads((out / "results.json").read_text())
@@ -107,8 +142,16 @@ def test_ner_keep_all_seeds_and_token_model(invoke, checkpoint, ner_files, tmp_p
 
 def test_quickstart_sample_when_no_data(invoke, checkpoint, tmp_path):
     result = invoke(
-        "finetune", "--init-from", checkpoint, "--task", "sst2", "--out", tmp_path / "q",
-        *FAST, "--batch-size", "64",
+        "finetune",
+        "--init-from",
+        checkpoint,
+        "--task",
+        "sst2",
+        "--out",
+        tmp_path / "q",
+        *FAST,
+        "--batch-size",
+        "64",
     )
     assert result.exit_code == 0, result.output
     assert "small SST-2 sample in the package" in result.output
@@ -116,16 +159,33 @@ def test_quickstart_sample_when_no_data(invoke, checkpoint, tmp_path):
     assert (results["num_train"], results["num_eval"]) == (400, 200)
 
 
-@pytest.mark.skipif(shutil.which("torchrun") is None and not os.path.exists(
-    os.path.join(os.path.dirname(sys.executable), "torchrun")), reason="no torchrun")
+@pytest.mark.skipif(
+    shutil.which("torchrun") is None
+    and not os.path.exists(os.path.join(os.path.dirname(sys.executable), "torchrun")),
+    reason="no torchrun",
+)
 def test_torchrun_two_processes(checkpoint, tmp_path):
     data = _sst2_small(tmp_path)
     out = tmp_path / "ddp"
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
     command = [
-        torchrun, "--standalone", "--nproc-per-node", "2", "-m", "bertcli", "finetune",
-        "--init-from", str(checkpoint), "--task", "sst2", "--data-dir", str(data),
-        "--out", str(out), "--json", *FAST,
+        torchrun,
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "bertcli",
+        "finetune",
+        "--init-from",
+        str(checkpoint),
+        "--task",
+        "sst2",
+        "--data-dir",
+        str(data),
+        "--out",
+        str(out),
+        "--json",
+        *FAST,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
@@ -160,7 +220,9 @@ def test_bad_columns_labels_and_files(invoke, checkpoint, tmp_path):
     _fails(_run(invoke, checkpoint, tmp_path, *base, "--eval-data", dev), "'meh-ish'", "dev.tsv:3")
     _fails(
         _run(invoke, checkpoint, tmp_path, *base, "--eval-data", train, "--label-column", "y"),
-        "--label-column 'y'", "no such column", "text, label",
+        "--label-column 'y'",
+        "no such column",
+        "text, label",
     )
     _fails(
         _run(invoke, checkpoint, tmp_path, *base, "--eval-data", train, "--text-column", "7"),
@@ -175,9 +237,7 @@ def test_bad_columns_labels_and_files(invoke, checkpoint, tmp_path):
     latin = tmp_path / "latin.tsv"
     latin.write_bytes(b"text\tlabel\ncaf\xe9\tpos\n")
     _fails(_run(invoke, checkpoint, tmp_path, *base, "--eval-data", latin), "latin.tsv:2", "UTF-8")
-    _fails(
-        _run(invoke, checkpoint, tmp_path, "--task", "mrpc"), "--task mrpc", "--data-dir"
-    )
+    _fails(_run(invoke, checkpoint, tmp_path, "--task", "mrpc"), "--task mrpc", "--data-dir")
     _fails(
         _run(invoke, checkpoint, tmp_path, "--task", "ner", "--train-data", train), "--eval-data"
     )
@@ -187,9 +247,11 @@ def test_bad_ner_tag(invoke, checkpoint, tmp_path):
     bad = tmp_path / "bad.conll"
     bad.write_text("Obama\tB-person\nvisited\tX-thing\n")
     _fails(
-        _run(invoke, checkpoint, tmp_path, "--task", "ner", "--train-data", bad,
-             "--eval-data", bad),
-        "bad.conll:2", "'X-thing'",
+        _run(
+            invoke, checkpoint, tmp_path, "--task", "ner", "--train-data", bad, "--eval-data", bad
+        ),
+        "bad.conll:2",
+        "'X-thing'",
     )
 
 
@@ -199,7 +261,8 @@ def test_vocab_mismatch(invoke, checkpoint, tmp_path):
     (other / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a"]))
     _fails(
         _run(invoke, checkpoint, tmp_path, "--task", "sst2", "--tokenizer", other),
-        "tokenizer has 6 tokens", "vocab_size",
+        "tokenizer has 6 tokens",
+        "vocab_size",
     )
 
 

@@ -119,7 +119,9 @@ def test_init_from_pretraining_checkpoint_loads_encoder_and_fresh_classifier(che
     for name, tensor in pre.bert.state_dict().items():
         torch.testing.assert_close(task.bert.state_dict()[name], tensor, rtol=0, atol=0)
     w = task.classifier.weight.detach()
-    assert abs(float(w.std()) - 0.02) < 0.01 and float(task.classifier.bias.detach().abs().sum()) == 0
+    assert (
+        abs(float(w.std()) - 0.02) < 0.01 and float(task.classifier.bias.detach().abs().sum()) == 0
+    )
 
 
 def test_bare_encoder_without_pooler_gets_fresh_pooler(tmp_path):

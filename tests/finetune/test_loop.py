@@ -42,8 +42,16 @@ def _features(n: int, token: bool, regression: bool, seed: int = 0) -> list[dict
 
 def _config(tmp_path, **kw) -> FinetuneConfig:
     base = dict(
-        init_from="x", task="classification", out=tmp_path / "run", lr=1e-3, num_epochs=3,
-        batch_size=8, weight_decay=0.01, warmup_ratio=0.1, seeds=1, tensorboard=False,
+        init_from="x",
+        task="classification",
+        out=tmp_path / "run",
+        lr=1e-3,
+        num_epochs=3,
+        batch_size=8,
+        weight_decay=0.01,
+        warmup_ratio=0.1,
+        seeds=1,
+        tensorboard=False,
     )
     base.update(kw)
     return FinetuneConfig(**base)
@@ -61,8 +69,13 @@ def _reference(path, data: TaskData, config: FinetuneConfig, seed: int, kind: st
     decay = [p for n, p in model.named_parameters() if not (n.endswith("bias") or "LayerNorm" in n)]
     rest = [p for n, p in model.named_parameters() if n.endswith("bias") or "LayerNorm" in n]
     optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": config.weight_decay}, {"params": rest, "weight_decay": 0}],
-        lr=config.lr, betas=(0.9, 0.999), eps=config.eps,
+        [
+            {"params": decay, "weight_decay": config.weight_decay},
+            {"params": rest, "weight_decay": 0},
+        ],
+        lr=config.lr,
+        betas=(0.9, 0.999),
+        eps=config.eps,
     )
     n, bs = len(data.train), config.batch_size
     steps = [(s, min(s + bs, n)) for s in range(0, n, bs)]
@@ -100,15 +113,29 @@ def test_loop_equals_reference_loop(tmp_path, task):
         transformers.BertForTokenClassification
         if kind == "token"
         else transformers.BertForSequenceClassification
-    )(transformers.BertConfig(**tiny_config(VOCAB).to_dict(), num_labels=1 if regression else 3 if kind == "token" else 2))
+    )(
+        transformers.BertConfig(
+            **tiny_config(VOCAB).to_dict(),
+            num_labels=1 if regression else 3 if kind == "token" else 2,
+        )
+    )
     theirs0.save_pretrained(tmp_path / "init")
     num_labels = 1 if regression else 3 if kind == "token" else 2
     ours = build_task_model(
-        tmp_path / "init", kind, num_labels, "regression" if regression else None,
+        tmp_path / "init",
+        kind,
+        num_labels,
+        "regression" if regression else None,
         keep_classifier=True,
     )
     # 85 examples in batches of 8: 11 steps per epoch, the last one short; 33 steps in all
-    data = TaskData(get_task(task), ["a", "b", "c"][:num_labels], _features(85, kind == "token", regression), tmp_path, [])
+    data = TaskData(
+        get_task(task),
+        ["a", "b", "c"][:num_labels],
+        _features(85, kind == "token", regression),
+        tmp_path,
+        [],
+    )
     config = _config(tmp_path, task=task)
     stats = train_model(ours, data, config, CPU, seed=7, log=_Quiet(), metrics=None)
     assert stats["steps"] == 33

@@ -64,23 +64,46 @@ def test_windows_lose_no_word(tokenizer_dir):
 
 
 GLUE_FILES = {
-    "cola": (None, ["gj04\t1\t\tOur friends won't buy this analysis.", "gj04\t0\t*\tThey drank the pub."]),
-    "sst2": ("sentence\tlabel", ["a \"quoted\" gem \t1", "dull , flat \t0"]),
-    "mrpc": ("\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String", ["1\t1\t2\tHe said.\tHe says.", "0\t3\t4\tA b.\tC d."]),
+    "cola": (
+        None,
+        ["gj04\t1\t\tOur friends won't buy this analysis.", "gj04\t0\t*\tThey drank the pub."],
+    ),
+    "sst2": ("sentence\tlabel", ['a "quoted" gem \t1', "dull , flat \t0"]),
+    "mrpc": (
+        "\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String",
+        ["1\t1\t2\tHe said.\tHe says.", "0\t3\t4\tA b.\tC d."],
+    ),
     "stsb": (
         "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore",
-        ["0\tmain-captions\tMSRvid\t2012test\t0001\tnone\tnone\tA plane.\tAn air plane.\t5.000",
-         "1\tmain-captions\tMSRvid\t2012test\t0004\tnone\tnone\tA man.\tA cat.\t0.600"],
+        [
+            "0\tmain-captions\tMSRvid\t2012test\t0001\tnone\tnone\tA plane.\tAn air plane.\t5.000",
+            "1\tmain-captions\tMSRvid\t2012test\t0004\tnone\tnone\tA man.\tA cat.\t0.600",
+        ],
     ),
-    "qqp": ("id\tqid1\tqid2\tquestion1\tquestion2\tis_duplicate", ["1\t2\t3\tWhy?\tHow?\t0", "4\t5\t6\tWho?\tWho is?\t1"]),
+    "qqp": (
+        "id\tqid1\tqid2\tquestion1\tquestion2\tis_duplicate",
+        ["1\t2\t3\tWhy?\tHow?\t0", "4\t5\t6\tWho?\tWho is?\t1"],
+    ),
     "mnli": (
-        "index\tpromptID\tpairID\tgenre\ts1b\ts2b\ts1p\ts2p\tsentence1\tsentence2\tlabel1\tgold_label",
-        ["0\t1\t1e\tgov\t(\t(\t(\t(\tIt rains.\tIt is wet.\tentailment\tentailment",
-         "1\t2\t2n\tgov\t(\t(\t(\t(\tIt rains.\tIt is dry.\tcontradiction\tcontradiction"],
+        "index\tpromptID\tpairID\tgenre\ts1b\ts2b\ts1p\ts2p\tsentence1\tsentence2\tlabel1"
+        "\tgold_label",
+        [
+            "0\t1\t1e\tgov\t(\t(\t(\t(\tIt rains.\tIt is wet.\tentailment\tentailment",
+            "1\t2\t2n\tgov\t(\t(\t(\t(\tIt rains.\tIt is dry.\tcontradiction\tcontradiction",
+        ],
     ),
-    "qnli": ("index\tquestion\tsentence\tlabel", ["0\tWhat?\tThis.\tentailment", "1\tWho?\tThat.\tnot_entailment"]),
-    "rte": ("index\tsentence1\tsentence2\tlabel", ["0\tA man runs.\tA man moves.\tentailment", "1\tX.\tY.\tnot_entailment"]),
-    "wnli": ("index\tsentence1\tsentence2\tlabel", ["0\tI put the cake in.\tThe cake is in.\t1", "1\tA.\tB.\t0"]),
+    "qnli": (
+        "index\tquestion\tsentence\tlabel",
+        ["0\tWhat?\tThis.\tentailment", "1\tWho?\tThat.\tnot_entailment"],
+    ),
+    "rte": (
+        "index\tsentence1\tsentence2\tlabel",
+        ["0\tA man runs.\tA man moves.\tentailment", "1\tX.\tY.\tnot_entailment"],
+    ),
+    "wnli": (
+        "index\tsentence1\tsentence2\tlabel",
+        ["0\tI put the cake in.\tThe cake is in.\t1", "1\tA.\tB.\t0"],
+    ),
 }
 EXPECTED = {  # (text, pair, label) of the first row, as transformers' GLUE processors read it
     "cola": ("Our friends won't buy this analysis.", None, "1"),
@@ -128,7 +151,8 @@ def test_generic_csv_and_jsonl(tmp_path):
     csv_file.write_text('id,review,stars\n1,"good, really",pos\n2,"bad\nand long",neg\n')
     rows = fdata.read_examples(csv_file, fdata.Columns("review", None, "stars"), "t")
     assert [(e.text, e.label, e.line) for e in rows] == [
-        ("good, really", "pos", 2), ("bad\nand long", "neg", 3)
+        ("good, really", "pos", 2),
+        ("bad\nand long", "neg", 3),
     ]
     jsonl = tmp_path / "t.jsonl"
     jsonl.write_text('{"text": "a", "label": 1}\n\n{"text": "b", "label": 0}\n')

@@ -20,9 +20,32 @@ FUZZ = settings(
 
 # bytes that look like the formats (separators, quotes, braces, BOMs, tags) plus noise
 PIECES = st.sampled_from(
-    [b"\t", b",", b"\n", b"\r\n", b'"', b"{", b"}", b":", b"\xef\xbb\xbf", b"label", b"text",
-     b"B-x", b"I-y", b"O", b"-DOCSTART-", b"0", b"1", b" ", b"\x00", b"\xff", b"caf\xc3\xa9",
-     b'{"text": "a", "label": 1}', b"[1]", b"null"]
+    [
+        b"\t",
+        b",",
+        b"\n",
+        b"\r\n",
+        b'"',
+        b"{",
+        b"}",
+        b":",
+        b"\xef\xbb\xbf",
+        b"label",
+        b"text",
+        b"B-x",
+        b"I-y",
+        b"O",
+        b"-DOCSTART-",
+        b"0",
+        b"1",
+        b" ",
+        b"\x00",
+        b"\xff",
+        b"caf\xc3\xa9",
+        b'{"text": "a", "label": 1}',
+        b"[1]",
+        b"null",
+    ]
 )
 CONTENT = st.one_of(st.binary(max_size=200), st.lists(PIECES, max_size=40).map(b"".join))
 

@@ -240,9 +240,7 @@ def read_conll(path: Path, flag: str) -> list[Sentence]:
         if len(parts) < 2:
             raise UserError(f"{flag} {path}:{number}: expected a token and a tag, got {line!r}")
         if not TAG.match(parts[-1]):
-            raise UserError(
-                f"{flag} {path}:{number}: tag {parts[-1]!r} is not O, B-TYPE or I-TYPE"
-            )
+            raise UserError(f"{flag} {path}:{number}: tag {parts[-1]!r} is not O, B-TYPE or I-TYPE")
         if not tokens:
             start = number
         tokens.append(parts[0])

@@ -140,8 +140,12 @@ def load_task_data(
     examples = fdata.read_examples(train_path, columns, "--train-data")
     labels = fdata.label_list(task, [e.label for e in examples])
     targets = fdata.label_ids(
-        labels, [e.label for e in examples], [e.line for e in examples], train_path,
-        "--train-data", task,
+        labels,
+        [e.label for e in examples],
+        [e.line for e in examples],
+        train_path,
+        "--train-data",
+        task,
     )
     train = fdata.encode_examples(tokenizer, examples, targets, config.max_seq_length)
     evals = []
@@ -337,10 +341,16 @@ def predict(
             fdata.collate_features(chunk, data.pad_id, data.regression), runtime
         )
         with runtime.autocast():
-            logits = model(
-                batch["input_ids"], batch["token_type_ids"], batch["attention_mask"],
-                unpadding=record,
-            ).logits.float().cpu()
+            logits = (
+                model(
+                    batch["input_ids"],
+                    batch["token_type_ids"],
+                    batch["attention_mask"],
+                    unpadding=record,
+                )
+                .logits.float()
+                .cpu()
+            )
         for i, f in enumerate(chunk):
             out.append(logits[i, : len(f["input_ids"])] if data.kind == "token" else logits[i])
     model.train(was_training)
@@ -453,14 +463,17 @@ def _run(config: FinetuneConfig, runtime: Runtime, log: Reporter, cleanup) -> di
     tokenizer = finetune_tokenizer(config.tokenizer, init_dir, config.init_from)
     check_vocab(tokenizer, model_config.vocab_size, f"--init-from {config.init_from}")
     check_positions(
-        config.max_seq_length, model_config.max_position_embeddings, "--max-seq-length",
+        config.max_seq_length,
+        model_config.max_position_embeddings,
+        "--max-seq-length",
         str(config.init_from),
     )
     data = load_task_data(config, task, tokenizer, log)
     data.pad_id = tokenizer.pad_id
     num_eval = sum(len(e.items) for e in data.evals)
     log.log(
-        f"{task.name}: {len(data.train)} training {'windows' if data.kind == 'token' else 'examples'}"
+        f"{task.name}: {len(data.train)} training "
+        f"{'windows' if data.kind == 'token' else 'examples'}"
         f", {num_eval} eval examples, {len(data.labels) if not data.regression else 1} labels"
     )
     if runtime.is_main:

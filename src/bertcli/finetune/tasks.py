@@ -43,22 +43,52 @@ _NLI2 = ("entailment", "not_entailment")
 
 GLUE: dict[str, Task] = {
     # in_domain_train.tsv renamed train.tsv: source, label, original judgement, sentence
-    "cola": Task("cola", "classification", text=3, label=1, header=False, labels=_BINARY,
-                 metrics=("matthews_correlation",)),
+    "cola": Task(
+        "cola",
+        "classification",
+        text=3,
+        label=1,
+        header=False,
+        labels=_BINARY,
+        metrics=("matthews_correlation",),
+    ),
     "sst2": Task("sst2", "classification", text=0, label=1, labels=_BINARY),
     # Quality, #1 ID, #2 ID, #1 String, #2 String
-    "mrpc": Task("mrpc", "classification", text=3, text_pair=4, label=0, labels=_BINARY,
-                 metrics=("f1", "accuracy")),
+    "mrpc": Task(
+        "mrpc",
+        "classification",
+        text=3,
+        text_pair=4,
+        label=0,
+        labels=_BINARY,
+        metrics=("f1", "accuracy"),
+    ),
     # index genre filename year old_index source1 source2 sentence1 sentence2 score
-    "stsb": Task("stsb", "regression", text=7, text_pair=8, label=-1,
-                 metrics=("pearson", "spearmanr")),
+    "stsb": Task(
+        "stsb", "regression", text=7, text_pair=8, label=-1, metrics=("pearson", "spearmanr")
+    ),
     # id qid1 qid2 question1 question2 is_duplicate
-    "qqp": Task("qqp", "classification", text=3, text_pair=4, label=5, labels=_BINARY,
-                metrics=("f1", "accuracy")),
-    # index promptID pairID genre sentence1_binary_parse … sentence1 sentence2 label1 … gold_label
-    "mnli": Task("mnli", "classification", text=8, text_pair=9, label=-1,
-                 labels=("contradiction", "entailment", "neutral"),
-                 eval_files=("dev_matched.tsv", "dev_mismatched.tsv"), eval_names=("", "_mm")),
+    "qqp": Task(
+        "qqp",
+        "classification",
+        text=3,
+        text_pair=4,
+        label=5,
+        labels=_BINARY,
+        metrics=("f1", "accuracy"),
+    ),
+    # index promptID pairID genre sentence1/2_binary_parse sentence1/2_parse sentence1 sentence2
+    # label1 (… label5 in dev) gold_label
+    "mnli": Task(
+        "mnli",
+        "classification",
+        text=8,
+        text_pair=9,
+        label=-1,
+        labels=("contradiction", "entailment", "neutral"),
+        eval_files=("dev_matched.tsv", "dev_mismatched.tsv"),
+        eval_names=("", "_mm"),
+    ),
     # index question sentence label
     "qnli": Task("qnli", "classification", text=1, text_pair=2, label=-1, labels=_NLI2),
     # index sentence1 sentence2 label
