@@ -197,6 +197,61 @@ def trainer_run(model_dir: Path, data: Path, args, seed: int, work: Path) -> dic
     }
 
 
+def mini_pretrained(pre: Path, args, log: Path, report: dict) -> Path:
+    """The mini preset pretrained by bertcli on WikiText-2 (BERT's uncased vocabulary)."""
+    if (pre / "checkpoints").is_dir():
+        return pre
+    t = time.time()
+    sh(
+        bertcli(
+            "pretrain",
+            "--data-text",
+            "--train-data",
+            str(DATA / "wikitext-2" / "train.txt"),
+            "--vocab-file",
+            str(VOCAB),
+            "--preset",
+            "mini",
+            "--max-steps",
+            str(args.pretrain_steps),
+            "--batch-size",
+            str(args.pretrain_batch_size),
+            "--max-seq-length",
+            "128",
+            "--lr",
+            "5e-4",
+            "--warmup-ratio",
+            "0.05",
+            "--out",
+            str(pre),
+            "--device",
+            "cpu",
+            "--json",
+        ),
+        log,
+    )
+    report["pretrain_time_s"] = time.time() - t
+    return pre
+
+
+def mini_scratch(scratch: Path, pre: Path) -> Path:
+    """The same architecture and vocabulary, untrained (BERT's initialisation)."""
+    if (scratch / "config.json").is_file():
+        return scratch
+    import torch
+
+    from bertcli.hf import load_config, save_pretrained
+    from bertcli.model import BertForPreTraining
+    from bertcli.tokenizer import tokenizer_from_vocab, write_tokenizer_files
+    from bertcli.train.checkpoint import resolve_checkpoint
+
+    torch.manual_seed(0)
+    config = load_config(resolve_checkpoint(str(pre)))
+    save_pretrained(BertForPreTraining(config), scratch)
+    write_tokenizer_files(tokenizer_from_vocab(VOCAB), scratch)
+    return scratch
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=Path("/tmp/bertcli-downstream"))
@@ -227,65 +282,23 @@ def main() -> None:
     report = {"args": {k: str(v) for k, v in vars(args).items()}, "load_start": load()}
     sst2 = sst2_subset(args.work, args.sst2_train)
     ner = wnut(args.work, args.wnut_train or None)
-    models = {}
-
-    # the mini encoder: pretrained by bertcli on WikiText-2, and the same config untrained
     pre = args.work / f"mini-pretrained-{args.pretrain_steps}"
-    if "pretrained" not in args.skip or "scratch" not in args.skip:
-        if not (pre / "checkpoints").is_dir():
-            t = time.time()
-            sh(
-                bertcli(
-                    "pretrain",
-                    "--data-text",
-                    "--train-data",
-                    str(DATA / "wikitext-2" / "train.txt"),
-                    "--vocab-file",
-                    str(VOCAB),
-                    "--preset",
-                    "mini",
-                    "--max-steps",
-                    str(args.pretrain_steps),
-                    "--batch-size",
-                    str(args.pretrain_batch_size),
-                    "--max-seq-length",
-                    "128",
-                    "--lr",
-                    "5e-4",
-                    "--warmup-ratio",
-                    "0.05",
-                    "--out",
-                    str(pre),
-                    "--device",
-                    "cpu",
-                    "--json",
-                ),
-                log,
-            )
-            report["pretrain_time_s"] = time.time() - t
-        models["pretrained"] = pre
-        scratch = args.work / "mini-scratch"
-        if not (scratch / "config.json").is_file():
-            import torch
-
-            from bertcli.hf import load_config, save_pretrained
-            from bertcli.model import BertForPreTraining
-            from bertcli.tokenizer import tokenizer_from_vocab, write_tokenizer_files
-            from bertcli.train.checkpoint import resolve_checkpoint
-
-            torch.manual_seed(0)
-            config = load_config(resolve_checkpoint(str(pre)))
-            save_pretrained(BertForPreTraining(config), scratch)
-            write_tokenizer_files(tokenizer_from_vocab(VOCAB), scratch)
-        models["scratch"] = scratch
-    if "minilm" not in args.skip:
-        models["minilm"] = minilm(args.work)
+    # sources are made when first needed: MiniLM (and the Trainer race) run before the slow
+    # CPU pretraining, so a cut-short run still has them
+    models = {
+        "minilm": lambda: minilm(args.work),
+        "pretrained": lambda: mini_pretrained(pre, args, log, report),
+        "scratch": lambda: mini_scratch(
+            args.work / "mini-scratch", mini_pretrained(pre, args, log, report)
+        ),
+    }
     for name in args.skip:
         models.pop(name, None)
 
     table = {}
     speed = []
-    for name, path in models.items():
+    for name, make in models.items():
+        path = make()
         row = {}
         if name == "minilm" and "trainer" not in args.skip:
             # seed by seed, alternating bertcli and Trainer: the same load for both sides
