@@ -172,7 +172,7 @@ def trainer_run(model_dir: Path, data: Path, args, seed: int, work: Path) -> dic
         per_device_train_batch_size=args.batch_size,
         per_device_eval_batch_size=args.batch_size,
         weight_decay=0.0,
-        warmup_ratio=0.0,
+        warmup_steps=0,
         seed=seed,
         report_to=[],
         save_strategy="no",
