@@ -70,7 +70,15 @@ def wnut(work: Path, n: int | None) -> Path:
                 block = []
         if block:
             blocks.append(block)
-        text = "\n\n".join("\n".join(b) for b in blocks[:n]) + "\n"
+        # the first n sentences, plus the first one with each tag they lack: finetune refuses
+        # eval tags the training data never shows (dev has all 13)
+        chosen, seen = blocks[:n], {line.split()[-1] for b in blocks[:n] for line in b}
+        for b in blocks[n:]:
+            tags = {line.split()[-1] for line in b}
+            if tags - seen:
+                chosen.append(b)
+                seen |= tags
+        text = "\n\n".join("\n".join(b) for b in chosen) + "\n"
     (out / "train.conll").write_text(text, encoding="utf-8")
     dev = (DATA / "downstream" / "wnut17" / "dev.conll").read_text(encoding="utf-8")
     (out / "dev.conll").write_text(dev, encoding="utf-8")
