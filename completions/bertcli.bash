@@ -5,7 +5,7 @@ _bertcli() {
     prev="${COMP_WORDS[COMP_CWORD-1]}"
     local cmd="${COMP_WORDS[1]}"
     if [[ $COMP_CWORD -eq 1 ]]; then
-        COMPREPLY=($(compgen -W 'build-tokenizer download evaluate export-config preprocess pretrain push --help --version' -- "$cur"))
+        COMPREPLY=($(compgen -W 'build-tokenizer download evaluate export-config finetune preprocess pretrain push --help --version' -- "$cur"))
         return
     fi
     case "$cmd" in
@@ -45,6 +45,21 @@ _bertcli() {
                 --out) COMPREPLY=($(compgen -f -- "$cur")); return ;;
             esac
             COMPREPLY=($(compgen -W '--preset --from-checkpoint --vocab-size --hidden-size --num-hidden-layers --num-attention-heads --intermediate-size --hidden-act --max-position-embeddings --out --help' -- "$cur"))
+            ;;
+        finetune)
+            case "$prev" in
+                --task) COMPREPLY=($(compgen -W 'cola sst2 mrpc stsb qqp mnli qnli rte wnli classification regression ner' -- "$cur")); return ;;
+                --out) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --data-dir) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --train-data) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --eval-data) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --tokenizer) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --optimizer) COMPREPLY=($(compgen -W 'adamw lamb novograd sgd' -- "$cur")); return ;;
+                --lr-policy) COMPREPLY=($(compgen -W 'warmup-annealing cosine square square-root polynomial inverse-square-root warmup-hold constant' -- "$cur")); return ;;
+                --precision) COMPREPLY=($(compgen -W 'auto fp32 bf16 fp16' -- "$cur")); return ;;
+                --device) COMPREPLY=($(compgen -W 'auto cpu cuda' -- "$cur")); return ;;
+            esac
+            COMPREPLY=($(compgen -W '--init-from --task --out --data-dir --train-data --eval-data --text-column --text-pair-column --label-column --header --no-header --tokenizer --max-seq-length --lr --num-epochs --batch-size --eval-batch-size --batches-per-step --optimizer --lr-policy --warmup-ratio --weight-decay --beta1 --beta2 --eps --max-grad-norm --seed --seeds --keep-all-seeds --log-every --precision --device --tensorboard --no-tensorboard --json --help' -- "$cur"))
             ;;
         preprocess)
             case "$prev" in

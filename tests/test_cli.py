@@ -9,8 +9,16 @@ import torch
 
 from bertcli import __version__
 
-COMMANDS = ["download", "build-tokenizer", "preprocess", "pretrain", "evaluate", "export-config"]
-COMMANDS.append("push")  # issue 21: publish a checkpoint to the Hub
+COMMANDS = [
+    "download",
+    "build-tokenizer",
+    "preprocess",
+    "pretrain",
+    "evaluate",
+    "finetune",
+    "export-config",
+    "push",
+]
 
 
 def test_version(invoke):

@@ -15,7 +15,7 @@ import typer
 from typer.core import TyperGroup
 
 from bertcli import __version__
-from bertcli.config import PreprocessConfig, PretrainConfig, TrainConfig
+from bertcli.config import FinetuneConfig, PreprocessConfig, PretrainConfig, TrainConfig
 from bertcli.errors import UserError, unhandled_message, user_message
 
 try:  # recent typer vendors click
@@ -24,7 +24,15 @@ except ImportError:  # pragma: no cover - typer on top of click
     from click.exceptions import ClickException
 
 # `bertcli --help` lists commands in the order a run uses them, not in definition order.
-PIPELINE = ("download", "build-tokenizer", "preprocess", "pretrain", "evaluate", "export-config")
+PIPELINE = (
+    "download",
+    "build-tokenizer",
+    "preprocess",
+    "pretrain",
+    "evaluate",
+    "finetune",
+    "export-config",
+)
 
 
 def _flags_without_metavar(params: list) -> None:
@@ -883,6 +891,111 @@ def push(
         reporter=make_reporter(json_output),
     )
     _report(asdict(pushed), json_output, pushed.commit_url)
+
+
+class FinetuneTask(str, Enum):
+    cola = "cola"
+    sst2 = "sst2"
+    mrpc = "mrpc"
+    stsb = "stsb"
+    qqp = "qqp"
+    mnli = "mnli"
+    qnli = "qnli"
+    rte = "rte"
+    wnli = "wnli"
+    classification = "classification"
+    regression = "regression"
+    ner = "ner"
+
+
+@app.command("finetune")
+def finetune(
+    init_from: str = _option(FinetuneConfig, "init_from"),
+    task: FinetuneTask = _option(FinetuneConfig, "task"),
+    out: Path = _option(FinetuneConfig, "out"),
+    data_dir: Path | None = _option(FinetuneConfig, "data_dir"),
+    train_data: Path | None = _option(FinetuneConfig, "train_data"),
+    eval_data: Path | None = _option(FinetuneConfig, "eval_data"),
+    text_column: str | None = _option(FinetuneConfig, "text_column"),
+    text_pair_column: str | None = _option(FinetuneConfig, "text_pair_column"),
+    label_column: str | None = _option(FinetuneConfig, "label_column"),
+    header: bool = _option(FinetuneConfig, "header", "--header/--no-header"),
+    tokenizer: Path | None = _option(FinetuneConfig, "tokenizer"),
+    max_seq_length: int = _option(FinetuneConfig, "max_seq_length"),
+    lr: float = _option(FinetuneConfig, "lr"),
+    num_epochs: int = _option(FinetuneConfig, "num_epochs"),
+    batch_size: int = _option(FinetuneConfig, "batch_size"),
+    eval_batch_size: int | None = _option(FinetuneConfig, "eval_batch_size"),
+    batches_per_step: int = _option(FinetuneConfig, "batches_per_step"),
+    optimizer: Optimizer = _option(FinetuneConfig, "optimizer", choices=Optimizer),
+    lr_policy: LRPolicy = _option(FinetuneConfig, "lr_policy", choices=LRPolicy),
+    warmup_ratio: float = _option(FinetuneConfig, "warmup_ratio"),
+    weight_decay: float = _option(FinetuneConfig, "weight_decay"),
+    beta1: float = _option(FinetuneConfig, "beta1"),
+    beta2: float = _option(FinetuneConfig, "beta2"),
+    eps: float = _option(FinetuneConfig, "eps"),
+    max_grad_norm: float = _option(FinetuneConfig, "max_grad_norm"),
+    seed: int = _option(FinetuneConfig, "seed"),
+    seeds: int = _option(FinetuneConfig, "seeds"),
+    keep_all_seeds: bool = _option(FinetuneConfig, "keep_all_seeds", "--keep-all-seeds"),
+    log_every: int = _option(FinetuneConfig, "log_every"),
+    precision: Precision = _option(FinetuneConfig, "precision", choices=Precision),
+    device: Device = _option(FinetuneConfig, "device", choices=Device),
+    tensorboard: bool = _option(FinetuneConfig, "tensorboard", "--tensorboard/--no-tensorboard"),
+    json_output: bool = typer.Option(False, "--json", help="Print results.json, no progress."),
+) -> None:
+    """Fine-tune a pretrained checkpoint on GLUE, your own labels, or NER; DDP under torchrun.
+
+    Example: bertcli finetune --init-from runs/quickstart --task sst2 --out runs/quickstart-sst2
+    """
+    from bertcli.console import make_reporter
+    from bertcli.finetune.run import run_finetune
+    from bertcli.train.runtime import init_runtime, shutdown
+
+    config = FinetuneConfig(
+        init_from=init_from,
+        task=task.value,
+        out=out,
+        data_dir=data_dir,
+        train_data=train_data,
+        eval_data=eval_data,
+        text_column=text_column,
+        text_pair_column=text_pair_column,
+        label_column=label_column,
+        header=header,
+        tokenizer=tokenizer,
+        max_seq_length=max_seq_length,
+        lr=lr,
+        num_epochs=num_epochs,
+        batch_size=batch_size,
+        eval_batch_size=eval_batch_size,
+        batches_per_step=batches_per_step,
+        optimizer=optimizer.value,
+        lr_policy=lr_policy.value,
+        warmup_ratio=warmup_ratio,
+        weight_decay=weight_decay,
+        beta1=beta1,
+        beta2=beta2,
+        eps=eps,
+        max_grad_norm=max_grad_norm,
+        seed=seed,
+        seeds=seeds,
+        keep_all_seeds=keep_all_seeds,
+        log_every=log_every,
+        device=device.value,
+        precision=precision.value,
+        tensorboard=tensorboard,
+    )
+    reporter = make_reporter(json_output)
+    runtime = init_runtime(config.device, config.precision)
+    try:
+        result = run_finetune(config, reporter, runtime)
+    finally:
+        shutdown(runtime)
+    shown = ", ".join(f"{k} {v:.4f}" for k, v in result["eval"].items())
+    line = f"{result['task']}: {shown} (median of {len(result['runs'])}); model {out / 'model'}"
+    if runtime.is_main:
+        _report(result, json_output, line)
 
 
 def _load_tokenizer(tokenizer: Path | None, vocab_file: Path | None, lowercase: bool | None):

@@ -472,3 +472,99 @@ def check_card_options(license: str | None, language: list[str]) -> None:
             raise UserError(
                 f"--language {code!r}: give an ISO 639 code such as en, de, zh or pt-BR"
             )
+
+
+# ---- finetune's options --------------------------------------------------------------------------
+
+
+@dataclass
+class FinetuneConfig:
+    """Everything `bertcli finetune` was asked to do; defaults are transformers' `run_glue.py`
+    (and its `Trainer`'s AdamW: eps 1e-8, gradient clipping at 1.0, linear decay).
+
+    Each field's default and help text are the CLI option's (`cli.py` reads them from here).
+    """
+
+    init_from: str = field(
+        metadata={
+            "help": "The pretrained model: a checkpoint or run directory, a transformers BERT "
+            "directory (a bare BertModel too), or a Hub name (downloaded on first use)."
+        }
+    )
+    task: str = field(
+        metadata={
+            "help": "A GLUE task (cola sst2 mrpc stsb qqp mnli qnli rte wnli), or classification, "
+            "regression or ner for your own files."
+        }
+    )
+    out: Path = field(metadata={"help": "Run directory: model/, results.json, predictions."})
+    data_dir: Path | None = _opt(
+        None, "A GLUE task directory: train.tsv and dev.tsv (MNLI: dev_matched/mismatched)."
+    )
+    train_data: Path | None = _opt(None, "Training file: TSV, CSV, JSON lines, or CoNLL (ner).")
+    eval_data: Path | None = _opt(None, "Evaluation file, in the training file's format.")
+    text_column: str | None = _opt(
+        None, "Text column: a header name, or a 0-based index (default: sentence, else text)."
+    )
+    text_pair_column: str | None = _opt(None, "Second text of a pair (default: none).")
+    label_column: str | None = _opt(None, "Label column: a name or 0-based index (default: label).")
+    header: bool = _opt(True, "TSV/CSV files start with a header row (--no-header: they do not).")
+    tokenizer: Path | None = _opt(None, "Tokenizer directory (default: the checkpoint's own).")
+    max_seq_length: int = _opt(128, "Most tokens per example, [CLS]/[SEP] included.")
+    lr: float = _opt(2e-5, "Peak learning rate.")
+    num_epochs: int = _opt(3, "Passes over the training data.")
+    batch_size: int = _opt(32, "Examples per device per micro-batch.")
+    eval_batch_size: int | None = _opt(None, "Examples per eval batch (default: --batch-size).")
+    batches_per_step: int = _opt(1, "Micro-batches per optimizer step.")
+    optimizer: str = _opt("adamw", "Optimizer.")
+    lr_policy: str = _opt("warmup-annealing", "Learning-rate schedule (linear decay by default).")
+    warmup_ratio: float = _opt(0.0, "Warmup as a fraction of all steps.")
+    weight_decay: float = _opt(0.0, "Weight decay (not on biases, LayerNorm).")
+    beta1: float = _opt(0.9, "First-moment decay.")
+    beta2: float = _opt(0.999, "Second-moment decay.")
+    eps: float = _opt(1e-8, "AdamW/LAMB epsilon.")
+    max_grad_norm: float = _opt(1.0, "Gradient clipping norm (0 = none).")
+    seed: int = _opt(42, "Random seed (of the first run).")
+    seeds: int = _opt(1, "Fine-tune N times with seeds seed … seed+N-1 and report the median.")
+    keep_all_seeds: bool = _opt(False, "Keep every seed's model and predictions in seeds/.")
+    log_every: int = _opt(10, "Log training metrics every N steps.")
+    device: str = _opt("auto", "auto = the local GPU if any.")
+    precision: str = _opt("auto", "auto = bf16 on capable GPUs, fp32 on CPU.")
+    tensorboard: bool = _opt(True, "Mirror metrics.jsonl to TensorBoard event files.")
+
+    def __post_init__(self) -> None:
+        from bertcli.finetune.tasks import TASK_NAMES
+
+        if self.task not in TASK_NAMES:
+            raise UserError(f"--task must be one of {', '.join(TASK_NAMES)}, got {self.task!r}")
+        if self.data_dir is not None and (self.train_data or self.eval_data):
+            raise UserError("give --data-dir or --train-data/--eval-data, not both")
+        if (self.train_data is None) != (self.eval_data is None):
+            raise UserError("give both --train-data and --eval-data (or --data-dir)")
+        if not 8 <= self.max_seq_length <= MAX_SEQ_LENGTH_LIMIT:
+            raise UserError(
+                f"--max-seq-length must be between 8 and {MAX_SEQ_LENGTH_LIMIT}, "
+                f"got {self.max_seq_length}"
+            )
+        for name in ("num_epochs", "batch_size", "batches_per_step", "seeds", "log_every"):
+            if getattr(self, name) < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be >= 1")
+        if self.eval_batch_size is not None and self.eval_batch_size < 1:
+            raise UserError("--eval-batch-size must be >= 1")
+        if self.optimizer not in OPTIMIZERS:
+            raise UserError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}")
+        if self.lr_policy not in POLICIES:
+            raise UserError(f"--lr-policy must be one of {', '.join(POLICIES)}")
+        if not self.lr > 0:
+            raise UserError(f"--lr must be > 0, got {self.lr}")
+        if self.weight_decay < 0:
+            raise UserError(f"--weight-decay must be >= 0, got {self.weight_decay}")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise UserError(f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
+        for name in ("beta1", "beta2"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise UserError(f"--{name} must be in [0, 1)")
+        if not self.eps > 0:
+            raise UserError(f"--eps must be > 0, got {self.eps}")
+        if self.max_grad_norm < 0:
+            raise UserError("--max-grad-norm must be >= 0 (0 = no clipping)")

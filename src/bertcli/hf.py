@@ -213,3 +213,115 @@ def write_pretrained_files(model: BertForPreTraining, directory: Path) -> None:
     model.config.save(directory / CONFIG_NAME)
     tensors = {k: v.to("cpu", torch.float32) for k, v in to_hf_state_dict(model).items()}
     save_file(tensors, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
+
+
+# ---- task models (fine-tuning): encoder names as above, plus transformers' `classifier` -------
+
+TASK_ARCHITECTURES = {
+    "sequence": "BertForSequenceClassification",
+    "token": "BertForTokenClassification",
+}
+_CLASSIFIER = ("classifier.weight", "classifier.bias")
+
+
+def _encoder_names(config: BertConfig, pooler: bool) -> dict[str, str]:
+    """ours -> transformers for the encoder (and the pooler), without the pretraining heads."""
+    return {
+        ours: theirs
+        for ours, theirs in _name_map(config).items()
+        if ours.startswith("bert.") and (pooler or not ours.startswith("bert.pooler."))
+    }
+
+
+def task_state_dict(model: torch.nn.Module, kind: str) -> dict[str, torch.Tensor]:
+    """A task model's tensors under transformers' names (token models carry no pooler)."""
+    ours = model.state_dict()
+    names = _encoder_names(model.config, pooler=kind == "sequence")
+    out = {theirs: ours[name] for name, theirs in names.items()}
+    for i in range(model.config.num_hidden_layers):
+        for part_kind in ("weight", "bias"):
+            parts = ours[f"bert.layers.{i}.attention.qkv.{part_kind}"].chunk(3, dim=0)
+            for part, which in zip(parts, _QKV):
+                out[f"bert.encoder.layer.{i}.attention.self.{which}.{part_kind}"] = part
+    for name in _CLASSIFIER:
+        out[name] = ours[name]
+    return {k: v.detach().contiguous() for k, v in out.items()}
+
+
+def build_task_model(
+    path: str | Path,
+    kind: str,
+    num_labels: int,
+    problem_type: str | None = None,
+    keep_classifier: bool = False,
+) -> torch.nn.Module:
+    """A task model from any BERT checkpoint directory (bertcli's or transformers', with or
+    without pretraining heads, a bare `BertModel` too): the encoder (and pooler, when the
+    checkpoint has one) loaded, the classifier fresh as BERT initialises it.
+
+    `keep_classifier` loads the checkpoint's own `classifier` instead (a fine-tuned model
+    read back); its shape must fit `num_labels`. The names started fresh are left in
+    `model.fresh_heads`.
+    """
+    from bertcli.model import BertForSequenceClassification, BertForTokenClassification
+
+    path = Path(path)
+    config = load_config(path)
+    if kind == "sequence":
+        model = BertForSequenceClassification(config, num_labels, problem_type)
+    elif kind == "token":
+        model = BertForTokenClassification(config, num_labels)
+    else:
+        raise ValueError(f"unknown task kind {kind!r}")
+    raw = _normalise_hf_names(read_weights(path))
+    fresh = task_state_dict(model, "sequence")  # every name, pooler included
+    # the pretraining-model mapping does the qkv fusion and the shape checks; its heads
+    # (absent from a task checkpoint) come from any fallback, then are dropped
+    with torch.device("meta"):
+        filler = to_hf_state_dict(BertForPreTraining(config))
+    fallback = {**filler, **fresh}
+    ours = from_hf_state_dict(raw, config, source=str(path), head_fallback=fallback)
+    state = {k: v for k, v in ours.items() if k.startswith("bert.")}
+    fresh_heads = [k for k in _encoder_names(config, pooler=True).values() if k not in raw]
+    fresh_heads = [k for k in fresh_heads if k.startswith(HEAD_PREFIXES)]
+    if keep_classifier and all(name in raw for name in _CLASSIFIER):
+        for name in _CLASSIFIER:
+            expected = tuple(model.state_dict()[name].shape)
+            if tuple(raw[name].shape) != expected:
+                raise UserError(
+                    f"{path}: tensor {name} has shape {tuple(raw[name].shape)}, expected "
+                    f"{expected} for {num_labels} labels"
+                )
+            state[name] = raw[name]
+    else:
+        state.update({name: model.state_dict()[name] for name in _CLASSIFIER})
+        fresh_heads += list(_CLASSIFIER)
+    model.load_state_dict(state, strict=True)
+    model.fresh_heads = fresh_heads
+    return model
+
+
+def save_task_model(
+    model: torch.nn.Module,
+    kind: str,
+    labels: list[str],
+    directory: Path,
+    tokenizer=None,
+) -> None:
+    """Write `model` as a transformers task directory into an existing `directory`: config.json
+    (architectures, id2label, label2id, problem_type), model.safetensors, tokenizer files."""
+    import json
+
+    from bertcli.tokenizer import write_tokenizer_files
+
+    data = model.config.to_dict()
+    data["architectures"] = [TASK_ARCHITECTURES[kind]]
+    data["id2label"] = {str(i): label for i, label in enumerate(labels)}
+    data["label2id"] = {label: i for i, label in enumerate(labels)}
+    data["problem_type"] = model.problem_type
+    data["num_labels"] = len(labels)
+    (directory / CONFIG_NAME).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    tensors = {k: v.to("cpu", torch.float32) for k, v in task_state_dict(model, kind).items()}
+    save_file(tensors, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
+    if tokenizer is not None:
+        write_tokenizer_files(tokenizer, directory)

@@ -343,3 +343,125 @@ class BertForPreTraining(nn.Module):
         from bertcli.hf import save_pretrained
 
         save_pretrained(self, path)
+
+
+# ---- task heads (fine-tuning) -----------------------------------------------------------------
+
+
+def init_bert_weights(module: nn.Module, std: float) -> None:
+    """BERT's initialisation of one module (what transformers' `_init_weights` does)."""
+    if isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, mean=0.0, std=std)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, mean=0.0, std=std)
+        if module.padding_idx is not None:
+            with torch.no_grad():
+                module.weight[module.padding_idx].zero_()
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+PROBLEM_TYPES = ("single_label_classification", "regression")
+
+
+@dataclass
+class ClassifierOutput:
+    """`loss` is None without labels."""
+
+    loss: torch.Tensor | None
+    logits: torch.Tensor  # (B, num_labels) per sequence, (B, T, num_labels) per token
+
+
+class BertForSequenceClassification(nn.Module):
+    """pooled [CLS] -> dropout -> `classifier`; cross-entropy, or MSE for regression.
+
+    As transformers: `problem_type` "regression" (or `num_labels == 1`) takes float labels
+    (B,) and the MSE of the squeezed logits; otherwise integer labels and cross-entropy.
+    """
+
+    def __init__(self, config: BertConfig, num_labels: int, problem_type: str | None = None):
+        super().__init__()
+        if problem_type is None:
+            problem_type = "regression" if num_labels == 1 else "single_label_classification"
+        if problem_type not in PROBLEM_TYPES:
+            raise ValueError(f"unsupported problem_type {problem_type!r}")
+        self.config = config
+        self.num_labels = num_labels
+        self.problem_type = problem_type
+        self.bert = BertModel(config)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.classifier = nn.Linear(config.hidden_size, num_labels)
+        self.apply(lambda m: init_bert_weights(m, config.initializer_range))
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        *,
+        unpadding: Unpadding | None = None,
+    ) -> ClassifierOutput:
+        """Ids, types, mask (B, T); labels (B,) -> logits (B, num_labels)."""
+        _, pooled = self.bert(input_ids, token_type_ids, attention_mask, unpadding)
+        logits = self.classifier(self.dropout(pooled))  # (B, num_labels)
+        loss = None
+        if labels is not None:
+            if self.problem_type == "regression":
+                loss = F.mse_loss(logits.float().squeeze(-1), labels.float().view(-1))
+            else:
+                loss = F.cross_entropy(logits.float(), labels.view(-1).long())
+        return ClassifierOutput(loss, logits)
+
+    def num_parameters(self) -> int:
+        """All parameters."""
+        return sum(p.numel() for p in self.parameters())
+
+
+class BertForTokenClassification(nn.Module):
+    """Every token's hidden state -> dropout -> `classifier`; cross-entropy with -100 ignored.
+
+    The pooler is kept (so a sequence checkpoint round-trips) but never used: transformers'
+    `BertForTokenClassification` has none, and `hf.py` does not save it.
+    """
+
+    problem_type = "single_label_classification"
+
+    def __init__(self, config: BertConfig, num_labels: int):
+        super().__init__()
+        self.config = config
+        self.num_labels = num_labels
+        self.bert = BertModel(config)
+        for p in self.bert.pooler.parameters():
+            p.requires_grad_(False)  # unused: DDP must not wait for its gradient
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.classifier = nn.Linear(config.hidden_size, num_labels)
+        self.apply(lambda m: init_bert_weights(m, config.initializer_range))
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        *,
+        unpadding: Unpadding | None = None,
+    ) -> ClassifierOutput:
+        """Ids, types, mask, labels (B, T) with -100 -> logits (B, T, num_labels)."""
+        sequence, _ = self.bert(input_ids, token_type_ids, attention_mask, unpadding)
+        logits = self.classifier(self.dropout(sequence))  # (B, T, num_labels)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(
+                logits.float().reshape(-1, self.num_labels),
+                labels.reshape(-1),
+                ignore_index=IGNORE_INDEX,
+            )
+        return ClassifierOutput(loss, logits)
+
+    def num_parameters(self) -> int:
+        """All parameters."""
+        return sum(p.numel() for p in self.parameters())

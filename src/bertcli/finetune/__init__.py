@@ -1,0 +1,1 @@
+"""`bertcli finetune`: task table, readers, metrics and the fine-tuning loop."""
