@@ -11,6 +11,7 @@ kill midway never leaves a partial checkpoint under a final name.
 from __future__ import annotations
 
 import json
+import pickle
 import random
 import re
 import struct
@@ -33,10 +34,18 @@ _NAME = re.compile(r"^step_(\d+)$")
 
 
 def rng_state() -> dict[str, Any]:
-    """Every RNG a training step touches."""
+    """Every RNG a training step touches, as plain ints, tuples and tensors: what
+    `torch.load(weights_only=True)` reads without allow-listing anything."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
     state = {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": {
+            "bit_generator": str(name),
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -45,8 +54,18 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore `rng_state()`'s result (or an older checkpoint's, which held numpy's tuple)."""
+    numpy_state = state["numpy"]
+    if isinstance(numpy_state, dict):
+        numpy_state = (
+            numpy_state["bit_generator"],
+            numpy_state["keys"].numpy().astype(np.uint32),
+            numpy_state["pos"],
+            numpy_state["has_gauss"],
+            numpy_state["cached_gaussian"],
+        )
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    np.random.set_state(numpy_state)
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -163,11 +182,14 @@ def verify_checkpoint(directory: Path) -> str | None:
             bad = archive.testzip()
         if bad is not None:
             return f"{STATE_FILE}: member {bad} is damaged"
+        load_trainer_state(directory)  # the same reader --resume uses: no pickle, right shape
         name = "tokenizer.json"
         if (directory / name).exists():
             json.loads((directory / name).read_text(encoding="utf-8"))
     except (OSError, ValueError, KeyError, TypeError, struct.error, zipfile.BadZipFile) as exc:
         return f"{name}: {getattr(exc, 'strerror', None) or exc or type(exc).__name__}"
+    except UserError as exc:
+        return f"{STATE_FILE}: " + str(exc).removeprefix(f"{directory / STATE_FILE}: ")
     return None
 
 
@@ -216,9 +238,85 @@ def load_summary(directory: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+def _legacy_numpy_globals() -> list[Any]:
+    """What checkpoints of bertcli <= 0.x need besides tensors: numpy's RNG keys were pickled as
+    an ndarray. Rebuilding a plain array runs no code of the file's choosing; anything else it
+    names is still refused."""
+    from numpy._core import multiarray
+
+    allowed: list[Any] = [np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+    for module in ("numpy._core.multiarray", "numpy.core.multiarray"):  # numpy 2 and 1 names
+        allowed.append((multiarray._reconstruct, f"{module}._reconstruct"))
+    return allowed
+
+
+_COUNTERS = ("step", "epoch", "step_in_epoch")
+
+
+def _shape_problem(state: Any) -> str | None:
+    """Why `state` is not what `Trainer._trainer_state` writes (None if it is)."""
+    if not isinstance(state, dict):
+        return f"it holds a {type(state).__name__}, not a dict"
+    for key in (*_COUNTERS, "optimizer", "scaler"):
+        if key not in state:
+            return f"no {key!r}"
+    for key in (*_COUNTERS, "skipped_steps"):
+        value = state.get(key, 0)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            return f"{key!r} must be a non-negative integer, got {_short(value)}"
+    optimizer = state["optimizer"]
+    if not (
+        isinstance(optimizer, dict)
+        and isinstance(optimizer.get("state"), dict)
+        and isinstance(optimizer.get("param_groups"), list)
+        and all(isinstance(g, dict) for g in optimizer["param_groups"])
+    ):
+        return "'optimizer' is not an optimizer state_dict"
+    for key in ("scaler", "train_config", "run"):
+        if key in state and not isinstance(state[key], dict):
+            return f"{key!r} must be a dict, got {_short(state[key])}"
+    per_rank = state.get("rng_per_rank") or [state.get("rng")]
+    if not isinstance(per_rank, list) or not per_rank:
+        return "'rng_per_rank' must be a list"
+    for rng in per_rank:
+        if not (
+            isinstance(rng, dict)
+            and all(k in rng for k in ("python", "numpy", "torch"))
+            and isinstance(rng["torch"], torch.Tensor)
+            and rng["torch"].dtype == torch.uint8
+        ):
+            return "an RNG state is not one bertcli saves"
+    return None
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+_UNSAFE = re.compile(r"GLOBAL ([\w.]+)")
+
+
 def load_trainer_state(directory: Path) -> dict[str, Any]:
-    """trainer_state.pt of a checkpoint, or UserError naming it."""
+    """trainer_state.pt of a checkpoint, or UserError naming it: the one reader of the trainer
+    state (resume, --init-optimizer-from, verification). `weights_only=True`: the file can hold
+    tensors, numbers, strings and containers, never an object whose unpickling runs code; its
+    shape is checked, so a wrong one is one line, not a KeyError later."""
+    path = directory / STATE_FILE
     try:
-        return torch.load(directory / STATE_FILE, map_location="cpu", weights_only=False)
-    except Exception as exc:  # a damaged pickle raises many kinds of errors
-        raise UserError(f"{directory / STATE_FILE}: unreadable trainer state ({exc})") from None
+        with torch.serialization.safe_globals(_legacy_numpy_globals()):
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        named = _UNSAFE.search(str(exc))
+        what = f"it asks to import {named.group(1)}" if named else str(exc).splitlines()[0]
+        raise UserError(
+            f"{path}: refused: {what}; a trainer state holds only tensors and plain values, and "
+            "bertcli never runs code from a checkpoint"
+        ) from None
+    except Exception as exc:  # a damaged file raises many kinds of errors
+        detail = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise UserError(f"{path}: unreadable trainer state ({detail})") from None
+    problem = _shape_problem(state)
+    if problem:
+        raise UserError(f"{path}: not a bertcli trainer state: {problem}")
+    return state

@@ -249,17 +249,27 @@ class Trainer:
                 f"{flag} gives {self.total_steps} steps, below the step of {directory.name} "
                 f"({state['step']}); raise it to continue training"
             )
-        if saved.get("optimizer", self.config.optimizer) == self.config.optimizer:
-            self.optimizer.load_state_dict(state["optimizer"])
-        else:
-            self.reporter.log(f"--optimizer {self.config.optimizer} starts with a fresh state")
-        self.scaler.load_state_dict(state["scaler"])
+        try:
+            if saved.get("optimizer", self.config.optimizer) == self.config.optimizer:
+                self.optimizer.load_state_dict(state["optimizer"])
+            else:
+                self.reporter.log(f"--optimizer {self.config.optimizer} starts with a fresh state")
+            self.scaler.load_state_dict(state["scaler"])
+        except (ValueError, KeyError, TypeError, RuntimeError) as exc:
+            raise UserError(
+                f"{directory / STATE_FILE}: its optimizer state does not fit this model ({exc})"
+            ) from None
         self.step, self.epoch = state["step"], state["epoch"]
         self.step_in_epoch = state["step_in_epoch"]
         self.skipped_steps = state.get("skipped_steps", 0)
         per_rank = state.get("rng_per_rank") or [state["rng"]]  # "rng": older checkpoints
         if len(per_rank) == self.runtime.world_size:
-            set_rng_state(per_rank[self.runtime.rank])
+            try:
+                set_rng_state(per_rank[self.runtime.rank])
+            except (TypeError, ValueError, KeyError, RuntimeError, AttributeError) as exc:
+                raise UserError(
+                    f"{directory / STATE_FILE}: its RNG state does not restore ({exc})"
+                ) from None
         else:  # resumed on a different number of processes: a fresh, distinct seed per rank
             torch.manual_seed(self.config.seed + self.runtime.rank + self.step)
         if self.runtime.is_main:
