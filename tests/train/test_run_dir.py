@@ -64,7 +64,7 @@ def test_a_filesystem_without_locks_runs_unlocked_and_says_so(tmp_path, monkeypa
         raise OSError(errno.ENOLCK, "No locks available")
 
     monkeypatch.setattr(lock_module.fcntl, "flock", no_locks)
-    debris = tmp_path / "run" / ".step_00000001.tmp-00000000"
+    debris = tmp_path / "run" / ".step_00000001.bertcli-tmp-00000000"
     debris.mkdir(parents=True)
 
     class Lines(Reporter):

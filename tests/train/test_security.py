@@ -4,6 +4,7 @@ allocate more than the machine has."""
 
 from __future__ import annotations
 
+import json
 import pickle
 import shutil
 from pathlib import Path
@@ -170,3 +171,127 @@ def test_torch_s_opt_out_variable_does_not_bring_pickle_back(trained, tmp_path, 
     with pytest.raises(UserError, match="refused"):
         ckpt.load_trainer_state(_state_path(run).parent)
     assert not marker.exists()
+
+
+# ---- 2. the run directory: bertcli writes and deletes only its own ---------------------------
+
+USERS_NAMES = [".env.template", ".bashrc.20240101", ".vimrc.original", ".tmp-notes"]
+
+
+def _plant_users_files(directory: Path) -> dict[str, str]:
+    """The names the old sweep deleted, a `.cache.packages/` tree and a project file."""
+    planted = {}
+    for name in USERS_NAMES:
+        (directory / name).write_text(f"user's {name}")
+        planted[name] = f"user's {name}"
+    (directory / ".cache.packages").mkdir()
+    (directory / ".cache.packages" / "numpy.whl").write_text("wheel")
+    planted[".cache.packages/numpy.whl"] = "wheel"
+    return planted
+
+
+def _intact(directory: Path, planted: dict[str, str]) -> bool:
+    return all((directory / name).read_text() == text for name, text in planted.items())
+
+
+def test_a_directory_bertcli_did_not_make_is_refused_untouched(
+    invoke, corpus, tokenizer_dir, tmp_path
+):
+    project = tmp_path / "project"
+    project.mkdir()
+    planted = _plant_users_files(project)
+    (project / "thesis.tex").write_text("chapter 1")
+    planted["thesis.tex"] = "chapter 1"
+    before = sorted(p.name for p in project.iterdir())
+    for extra in ((), ("--resume",)):
+        result = invoke(*pretrain_args(corpus, tokenizer_dir, project, "--max-steps", "1", *extra))
+        line = one_error_line(result)
+        assert f"--out {project} is not empty and not a bertcli run directory" in line
+        assert _intact(project, planted)
+        # nothing written: no lock file, run.json, bert-config.json or metrics.jsonl
+        assert sorted(p.name for p in project.iterdir()) == before
+
+
+def test_a_run_directory_sweeps_only_its_own_names(
+    invoke, corpus, tokenizer_dir, trained, tmp_path
+):
+    from bertcli.train.rundir import RUN_MARKER
+
+    run = _copy_run(trained, tmp_path)
+    (run / RUN_MARKER).unlink(missing_ok=True)  # a run directory from before the marker
+    planted = _plant_users_files(run)
+    # a checkpoints/step_N without trainer_state.pt that is not recognisably ours
+    foreign = run / "checkpoints" / "step_00000001"
+    foreign.mkdir()
+    (foreign / "config.json").write_text("{}")
+    (foreign / "notes.md").write_text("my notes")
+    linked = run / "checkpoints" / "step_00000009"  # a link to a user's directory
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "config.json").write_text("{}")
+    linked.symlink_to(tmp_path / "elsewhere")
+    # what killed runs of this and earlier versions left: these go
+    own_partial = run / "checkpoints" / "step_00000000"
+    own_partial.mkdir()
+    (own_partial / "config.json").write_text("{}")
+    debris = [
+        run / ".run.json.bertcli-tmp-0a1b2c3d",
+        run / ".tokenizer.k2j4_x9a",
+        run / "checkpoints" / ".step_00000005.tmp-deadbeef",
+        run / "bert-config.json.tmp",
+    ]
+    for path in debris:
+        path.write_text("debris")
+
+    result = invoke(*pretrain_args(corpus, tokenizer_dir, run, "--max-steps", "3", "--resume"))
+    assert result.exit_code == 0, result.output
+    assert f"removed {len(debris) + 1} leftovers" in result.stderr
+    assert not any(p.exists() for p in debris) and not own_partial.exists()
+    assert _intact(run, planted)
+    assert (foreign / "notes.md").read_text() == "my notes"
+    assert linked.is_symlink() and (tmp_path / "elsewhere" / "config.json").is_file()
+    marker = json.loads((run / RUN_MARKER).read_text())
+    assert marker["kind"] == "pretrain" and marker["bertcli_version"] and marker["created"]
+
+
+def test_a_run_of_another_kind_is_refused_in_one_line(trained, tmp_path):
+    from bertcli.console import Reporter
+    from bertcli.train.rundir import RUN_MARKER, claim_run_dir
+    from bertcli.train.runtime import Runtime
+
+    runtime = Runtime(0, 0, 1, "cpu", "fp32")
+    assert json.loads((trained / RUN_MARKER).read_text())["kind"] == "pretrain"
+    with pytest.raises(UserError, match=f"--out {trained} holds a pretrain run"):
+        claim_run_dir(trained, runtime, Reporter(), False, kind="finetune")
+    fresh = tmp_path / "ft"
+    lock, resume = claim_run_dir(fresh, runtime, Reporter(), False, kind="finetune")
+    assert resume is None and json.loads((fresh / RUN_MARKER).read_text())["kind"] == "finetune"
+    lock.release()
+    with pytest.raises(UserError, match="holds a finetune run"):
+        claim_run_dir(fresh, runtime, Reporter(), False)
+    (fresh / RUN_MARKER).write_text("[")  # a damaged marker: one line, not a traceback
+    with pytest.raises(UserError, match="unreadable run marker"):
+        claim_run_dir(fresh, runtime, Reporter(), False, kind="finetune")
+
+
+def test_a_save_or_a_prune_never_removes_a_directory_holding_a_users_file(tmp_path):
+    from bertcli.config import BertConfig
+    from bertcli.model import BertForPreTraining
+
+    model = BertForPreTraining(
+        BertConfig.from_preset("tiny", vocab_size=100, hidden_size=32, num_attention_heads=2)
+    )
+    state = {"step": 1, "epoch": 0, "step_in_epoch": 1, "optimizer": {}, "scaler": {}}
+    root = tmp_path / "checkpoints"
+    users = root / ckpt.checkpoint_name(1)
+    users.mkdir(parents=True)
+    (users / "notes.md").write_text("mine")
+    with pytest.raises(UserError, match="holds files bertcli does not write"):
+        ckpt.save_checkpoint(users, model, None, state, {})
+    assert (users / "notes.md").read_text() == "mine"
+    for step in (2, 3):
+        ckpt.save_checkpoint(root / ckpt.checkpoint_name(step), model, None, state, {})
+    ckpt.save_checkpoint(root / ckpt.checkpoint_name(2), model, None, state, {})  # ours: replaced
+    (root / ckpt.checkpoint_name(2) / "keep-me.txt").write_text("mine")
+    ckpt.prune_checkpoints(root, keep_last=1)
+    assert (root / ckpt.checkpoint_name(2) / "keep-me.txt").read_text() == "mine"
+    assert (root / ckpt.checkpoint_name(3)).is_dir()

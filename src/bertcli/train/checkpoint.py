@@ -31,6 +31,32 @@ from bertcli.tokenizer import BertTokenizer, write_tokenizer_files
 STATE_FILE = "trainer_state.pt"
 STATE_JSON = "trainer_state.json"
 _NAME = re.compile(r"^step_(\d+)$")
+# every file save_checkpoint writes (and the weights name transformers' older layout used)
+CHECKPOINT_FILES = frozenset(
+    {
+        "config.json",
+        "model.safetensors",
+        "pytorch_model.bin",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "vocab.txt",
+        STATE_FILE,
+        STATE_JSON,
+    }
+)
+
+
+def is_own_checkpoint_dir(path: Path) -> bool:
+    """Whether `path` is recognisably written by bertcli, so deleting or replacing it loses
+    nothing of a user's: a real directory (not a link) holding only regular files, each named
+    as a file save_checkpoint writes. A user's notes, a sub-directory or a link keep it alive."""
+    if path.is_symlink() or not path.is_dir():
+        return False
+    return all(
+        entry.name in CHECKPOINT_FILES and entry.is_file() and not entry.is_symlink()
+        for entry in path.iterdir()
+    )
 
 
 def rng_state() -> dict[str, Any]:
@@ -79,6 +105,11 @@ def save_checkpoint(
     summary: dict[str, Any],
 ) -> Path:
     """Write `directory` atomically: temporary sibling, then rename."""
+    if (directory.exists() or directory.is_symlink()) and not is_own_checkpoint_dir(directory):
+        raise UserError(
+            f"{directory} exists and holds files bertcli does not write; move it away to let "
+            "the run save this step"
+        )
     needed = _tensor_bytes(model.state_dict()) + _tensor_bytes(trainer_state) + MIN_FREE
     check_space(directory, needed, "the checkpoint")  # a full disk: one line, older ones intact
     with atomic_directory(directory) as tmp, writing(directory, needed, "the checkpoint"):
@@ -143,17 +174,19 @@ def prune_checkpoints(root: Path, keep_last: int) -> None:
     if keep_last <= 0:
         return
     for _, path in list_checkpoints(root)[:-keep_last]:
-        remove_tree(path)
+        if is_own_checkpoint_dir(path):  # one holding a user's file is kept (and counted)
+            remove_tree(path)
 
 
 def incomplete_checkpoints(root: Path) -> list[Path]:
-    """`step_N` directories without a trainer state: left by earlier versions' pruning."""
+    """`step_N` directories without a trainer state that bertcli wrote (`is_own_checkpoint_dir`):
+    left by earlier versions' pruning. Anything else under such a name is left alone."""
     if not root.is_dir():
         return []
     return sorted(
         p
         for p in root.iterdir()
-        if _NAME.match(p.name) and p.is_dir() and not (p / STATE_FILE).exists()
+        if _NAME.match(p.name) and not (p / STATE_FILE).exists() and is_own_checkpoint_dir(p)
     )
 
 
