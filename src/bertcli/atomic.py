@@ -30,10 +30,13 @@ import errno
 import os
 import re
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from bertcli.errors import UserError
 
 TEMP_MARK = ".bertcli-tmp-"
 # temp_name's 8 hex digits, or mkdtemp's 8 characters of [a-z0-9_]
@@ -131,6 +134,29 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def open_own_file(path: str | Path, flags: int) -> int:
+    """Open a fixed-name file in a directory others may write to (the run lock, an appended
+    log) without following a link planted there: `O_NOFOLLOW`, and a regular file with one
+    name, so neither a symlink nor a hard link makes us truncate or append to someone's file.
+    Raises UserError naming the path."""
+    path = Path(path)
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK, 0o666)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UserError(
+                f"{path} is a symbolic link; bertcli writes only its own file there (remove it)"
+            ) from None
+        raise UserError(f"cannot open {path}: {exc.strerror}") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_nlink > 1:
+        os.close(fd)
+        what = "has other names (a hard link)" if stat.S_ISREG(info.st_mode) else "not a file"
+        raise UserError(f"{path} is {what}; bertcli writes only its own file there (remove it)")
+    os.set_blocking(fd, True)
+    return fd
 
 
 _libc = None

@@ -139,10 +139,9 @@ class BertConfig:
 
     def save(self, path: str | Path) -> None:
         """Write config.json atomically."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
-        tmp.replace(path)
+        from bertcli.atomic import write_text_atomic  # a fresh temp name: never a planted link
+
+        write_text_atomic(path, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> BertConfig:

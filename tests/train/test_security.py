@@ -5,6 +5,7 @@ allocate more than the machine has."""
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import shutil
 from pathlib import Path
@@ -295,3 +296,63 @@ def test_a_save_or_a_prune_never_removes_a_directory_holding_a_users_file(tmp_pa
     ckpt.prune_checkpoints(root, keep_last=1)
     assert (root / ckpt.checkpoint_name(2) / "keep-me.txt").read_text() == "mine"
     assert (root / ckpt.checkpoint_name(3)).is_dir()
+
+
+# ---- 3. fixed names never follow a link --------------------------------------------------------
+
+
+def test_a_link_at_the_lock_name_leaves_its_target_alone(tmp_path):
+    from bertcli.train.lock import LOCK_NAME, acquire_run_lock
+
+    target = tmp_path / "precious.txt"
+    target.write_text("precious")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / LOCK_NAME).symlink_to(target)
+    with pytest.raises(UserError, match="is a symbolic link") as refused:
+        acquire_run_lock(run)
+    assert "\n" not in str(refused.value)
+    assert target.read_text() == "precious"
+    (run / LOCK_NAME).unlink()
+    os.link(target, run / LOCK_NAME)  # a hard link: a second name of the same file
+    with pytest.raises(UserError, match="hard link"):
+        acquire_run_lock(run)
+    assert target.read_text() == "precious"
+
+
+def test_a_pretrain_into_a_run_with_a_planted_lock_link_is_one_line(
+    invoke, corpus, tokenizer_dir, trained, tmp_path
+):
+    from bertcli.train.lock import LOCK_NAME
+
+    run = _copy_run(trained, tmp_path)
+    target = tmp_path / "precious.txt"
+    target.write_text("precious")
+    (run / LOCK_NAME).unlink()
+    (run / LOCK_NAME).symlink_to(target)
+    result = invoke(*pretrain_args(corpus, tokenizer_dir, run, "--max-steps", "3", "--resume"))
+    assert "is a symbolic link" in one_error_line(result)
+    assert target.read_text() == "precious"
+
+
+def test_metrics_and_config_writers_never_follow_a_link(tmp_path):
+    from bertcli.config import BertConfig
+    from bertcli.metrics import MetricsWriter, truncate_metrics
+
+    target = tmp_path / "precious.txt"
+    target.write_text("precious")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").symlink_to(target)
+    with pytest.raises(UserError, match="symbolic link"):
+        MetricsWriter(run, tensorboard=False)
+    with pytest.raises(UserError, match="symbolic link"):
+        truncate_metrics(run / "metrics.jsonl", 3)
+    assert target.read_text() == "precious"
+
+    (run / "bert-config.json.tmp").symlink_to(target)  # the name the old writer used
+    (run / "bert-config.json").symlink_to(target)
+    BertConfig.from_preset("tiny").save(run / "bert-config.json")
+    assert target.read_text() == "precious"
+    assert not (run / "bert-config.json").is_symlink()  # the link is replaced, not followed
+    assert BertConfig.load(run / "bert-config.json") == BertConfig.from_preset("tiny")
