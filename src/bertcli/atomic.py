@@ -191,9 +191,7 @@ def remove_tree(path: Path) -> None:
     shutil.rmtree(doomed, ignore_errors=True)
 
 
-def sweep_temporaries(
-    directory: Path, legacy_finals: re.Pattern[str] | None = None
-) -> list[Path]:
+def sweep_temporaries(directory: Path, legacy_finals: re.Pattern[str] | None = None) -> list[Path]:
     """Remove the temporary files and directories left in `directory` by killed processes (see
     `is_temporary`). Call it only while holding the lock that proves their writers are gone."""
     removed = []

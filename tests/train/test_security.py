@@ -356,3 +356,115 @@ def test_metrics_and_config_writers_never_follow_a_link(tmp_path):
     assert target.read_text() == "precious"
     assert not (run / "bert-config.json").is_symlink()  # the link is replaced, not followed
     assert BertConfig.load(run / "bert-config.json") == BertConfig.from_preset("tiny")
+
+
+# ---- 4. a config or a header cannot make bertcli allocate what the machine lacks -------------
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "expected"),
+    [
+        ("hidden_dropout_prob", "abc", "hidden_dropout_prob must be a number, got 'abc'"),
+        ("pad_token_id", "x", "pad_token_id must be an integer, got 'x'"),
+        ("layer_norm_eps", "1e-12", "layer_norm_eps must be a number, got '1e-12'"),
+        ("initializer_range", True, "initializer_range must be a number"),
+    ],
+)
+def test_config_values_of_the_wrong_type_are_one_line(invoke, tmp_path, field, value, expected):
+    from bertcli.config import BertConfig
+
+    config = {**BertConfig.from_preset("tiny", vocab_size=100).to_dict(), field: value}
+    directory = _hf_dir(tmp_path, config)
+    result = invoke("export-config", "--from-checkpoint", directory, "--out", tmp_path / "o.json")
+    line = one_error_line(result)
+    assert expected in line and str(directory / "config.json") in line
+
+
+def test_the_parameter_estimate_is_exact():
+    from bertcli.config import BertConfig
+    from bertcli.model import BertForPreTraining
+    from bertcli.sizing import parameter_count
+
+    odd = BertConfig(
+        vocab_size=123,
+        hidden_size=48,
+        num_attention_heads=4,
+        intermediate_size=70,
+        num_hidden_layers=3,
+        max_position_embeddings=33,
+        type_vocab_size=3,
+    )
+    for config in (BertConfig.from_preset("tiny", vocab_size=100), odd):
+        model = BertForPreTraining(config)
+        assert parameter_count(config) == sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize(("field", "value"), [("vocab_size", 10**9), ("num_hidden_layers", 10**8)])
+def test_a_config_too_large_for_the_machine_is_refused_before_allocating(
+    invoke, corpus, tokenizer_dir, trained, tmp_path, field, value
+):
+    import resource
+
+    from bertcli.config import BertConfig
+
+    config = {**BertConfig.from_preset("tiny", vocab_size=2000).to_dict(), field: value}
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # evaluate builds the model from the file; pretrain also counts gradients and Adam state
+    line = one_error_line(
+        invoke(
+            "evaluate",
+            "--checkpoint",
+            _hf_dir(tmp_path, config, weights=_state_path(trained).parent),
+            "--data-text",
+            corpus / "valid.txt",
+        )
+    )
+    assert f"{field} = {value}" in line and "GiB" in line and "available" in line
+    result = invoke(
+        "pretrain", "--data-text", "--train-data", corpus / "train.txt", "--tokenizer",
+        tokenizer_dir, "--config-file", path, "--out", tmp_path / "run", "--max-seq-length",
+        "64", "--max-steps", "1", "--device", "cpu",
+    )  # fmt: skip
+    line = one_error_line(result)
+    if field != "vocab_size":  # (a vocab_size the tokenizer does not have is refused first)
+        assert f"{field} = {value}" in line and "optimizer state" in line
+    grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before  # KiB
+    assert grown < 2 * 2**20, f"peak memory grew by {grown} KiB"
+
+
+def _hf_dir(tmp_path: Path, config: dict, weights: Path | None = None) -> Path:
+    """A checkpoint directory whose config.json is `config` (with the files of `weights`)."""
+    directory = tmp_path / "ck"
+    if weights is not None:
+        shutil.copytree(weights, directory)
+    directory.mkdir(exist_ok=True)
+    (directory / "config.json").write_text(json.dumps(config))
+    return directory
+
+
+def test_a_hidden_size_too_large_for_the_machine_is_refused(
+    invoke, corpus, tokenizer_dir, tmp_path
+):
+    result = invoke(
+        *pretrain_args(corpus, tokenizer_dir, tmp_path / "run", "--max-steps", "1"),
+        "--hidden-size",
+        "4000000",
+    )
+    line = one_error_line(result)
+    assert "hidden_size = 4000000" in line and "GiB" in line
+
+
+def test_a_safetensors_header_length_of_2_62_is_a_damaged_checkpoint(trained, tmp_path):
+    import struct
+
+    run = _copy_run(trained, tmp_path)
+    directory = _state_path(run).parent
+    weights = directory / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(struct.pack("<Q", 2**62) + data[8:])
+    reason = ckpt.verify_checkpoint(directory)
+    assert reason is not None and "header length 4611686018427387904 is impossible" in reason
+    weights.write_bytes(struct.pack("<Q", 2) + b"[]" + data[10:])  # a header that is no index
+    assert "not a safetensors tensor index" in ckpt.verify_checkpoint(directory)

@@ -31,6 +31,7 @@ from bertcli.tokenizer import BertTokenizer, write_tokenizer_files
 STATE_FILE = "trainer_state.pt"
 STATE_JSON = "trainer_state.json"
 _NAME = re.compile(r"^step_(\d+)$")
+SAFETENSORS_HEADER_LIMIT = 100_000_000  # the safetensors library's own cap
 # every file save_checkpoint writes (and the weights name transformers' older layout used)
 CHECKPOINT_FILES = frozenset(
     {
@@ -192,9 +193,19 @@ def incomplete_checkpoints(root: Path) -> list[Path]:
 
 def _check_safetensors(path: Path) -> None:
     """The header parses and the file is exactly as long as the header says (no truncation)."""
+    size = path.stat().st_size
     with path.open("rb") as handle:
         (length,) = struct.unpack("<Q", handle.read(8))
+        # bounded before reading: safetensors itself refuses headers over 100 MB
+        if length > min(SAFETENSORS_HEADER_LIMIT, size - 8):
+            raise ValueError(f"header length {length} is impossible in a {size}-byte file")
         header = json.loads(handle.read(length))
+    if not isinstance(header, dict) or not all(
+        isinstance(v, dict) and isinstance(v.get("data_offsets"), list)
+        for k, v in header.items()
+        if k != "__metadata__"
+    ):
+        raise ValueError("the header is not a safetensors tensor index")
     end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
     if path.stat().st_size != 8 + length + end:
         raise ValueError(f"{path.name} is {path.stat().st_size} bytes, expected {8 + length + end}")
@@ -219,7 +230,15 @@ def verify_checkpoint(directory: Path) -> str | None:
         name = "tokenizer.json"
         if (directory / name).exists():
             json.loads((directory / name).read_text(encoding="utf-8"))
-    except (OSError, ValueError, KeyError, TypeError, struct.error, zipfile.BadZipFile) as exc:
+    except (
+        OSError,
+        ValueError,
+        KeyError,
+        IndexError,
+        TypeError,
+        struct.error,
+        zipfile.BadZipFile,
+    ) as exc:
         return f"{name}: {getattr(exc, 'strerror', None) or exc or type(exc).__name__}"
     except UserError as exc:
         return f"{STATE_FILE}: " + str(exc).removeprefix(f"{directory / STATE_FILE}: ")

@@ -8,8 +8,8 @@ What bertcli writes into, and deletes from, a directory (the rules, in order):
    version, the creation time). A directory from before that file, holding bertcli's `run.json`
    (a JSON object with "bertcli_version"), is a legacy pretraining run directory and gets the
    marker when claimed.
-2. `--out` may be new, empty (or holding only bertcli's own lock and temporaries), or a run
-   directory of the same kind. Anything else is refused in one line before anything is written
+2. `--out` may be new, empty (or holding only bertcli's own lock and temporaries, and empty
+   directories), or a run directory of the same kind. Anything else is refused in one line before anything is written
    there — not even the lock file: so `run.json`, `bert-config.json` and `metrics.jsonl` are
    never overwritten or appended in a directory bertcli did not make. A run directory of
    another kind is refused too ("--out X holds a pretrain run").
@@ -111,8 +111,14 @@ def _is_unclaimed(out: Path) -> bool:
     if not out.exists():
         return True
     return out.is_dir() and all(
-        entry.name == LOCK_NAME or is_temporary(entry.name) for entry in out.iterdir()
+        entry.name == LOCK_NAME or is_temporary(entry.name) or _empty_dir(entry)
+        for entry in out.iterdir()
     )
+
+
+def _empty_dir(path: Path) -> bool:
+    """An empty real directory (a pre-made `cache/` mount point): nothing there to lose."""
+    return path.is_dir() and not path.is_symlink() and not any(path.iterdir())
 
 
 def check_out_dir(out: Path, kind: str = "pretrain") -> bool:
