@@ -468,3 +468,75 @@ def test_a_safetensors_header_length_of_2_62_is_a_damaged_checkpoint(trained, tm
     assert reason is not None and "header length 4611686018427387904 is impossible" in reason
     weights.write_bytes(struct.pack("<Q", 2) + b"[]" + data[10:])  # a header that is no index
     assert "not a safetensors tensor index" in ckpt.verify_checkpoint(directory)
+
+
+# ---- 5. the final save beats SIGTERM; evaluation shows progress ------------------------------
+
+
+def test_sigterm_during_the_final_evaluation_keeps_the_checkpoint_and_exits_0(
+    corpus, tokenizer_dir, tmp_path
+):
+    import signal
+    import subprocess
+    import time
+
+    from tests.train.conftest import pretrain_command
+
+    # a long evaluation (one sequence per batch over a large file), so the signal lands in it
+    big = tmp_path / "eval.txt"
+    big.write_text((corpus / "train.txt").read_text())
+    out = tmp_path / "run"
+    command = pretrain_command(corpus, tokenizer_dir, out, "--max-steps", "2")
+    command += ["--eval-data", str(big), "--eval-batch-size", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    log = (tmp_path / "log").open("w")
+    proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    final = out / "checkpoints" / ckpt.checkpoint_name(2)
+    deadline = time.monotonic() + 600
+    try:
+        while not (final / ckpt.STATE_FILE).exists():  # saved before the evaluation starts
+            assert proc.poll() is None, (tmp_path / "log").read_text()
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = (tmp_path / "log").read_text()
+    assert code == 0, text
+    assert "Traceback" not in text
+    assert "evaluation at step 2 stopped on request" in text
+    assert ckpt.verify_checkpoint(final) is None
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert not [r for r in rows if r.get("split") == "eval"]  # no half-evaluation is reported
+
+
+def test_evaluation_inside_pretrain_prints_progress_off_a_terminal(
+    invoke, corpus, tokenizer_dir, tmp_path, monkeypatch
+):
+    from bertcli import console
+
+    # the plain reporter's 30 s interval, lowered to print a line at every advance
+    monkeypatch.setattr(
+        console,
+        "make_reporter",
+        lambda quiet=False: console.PlainReporter(progress=not quiet, every_seconds=0),
+    )
+    result = invoke(
+        *pretrain_args(corpus, tokenizer_dir, tmp_path / "run", "--max-steps", "4"),
+        "--eval-data",
+        corpus / "valid.txt",
+        "--eval-every",
+        "2",
+        "--log-every",
+        "1",
+    )
+    assert result.exit_code == 0, result.output
+    lines = result.stderr.splitlines()
+    evaluating = [i for i, line in enumerate(lines) if line.startswith("Evaluating ")]
+    assert evaluating and " batches (" in lines[evaluating[0]]
+    # the training display comes back after the mid-run evaluation
+    after = [line for line in lines[evaluating[0] :] if line.startswith("Pretraining 3/4")]
+    assert after, result.stderr

@@ -514,7 +514,7 @@ class Trainer:
                             **({"mfu": fields["mfu"]} if "mfu" in fields else {}),
                         )
                     if cfg.eval_every and self.step % cfg.eval_every == 0:
-                        last_eval = self._evaluate()
+                        last_eval = self._evaluate(stop) or last_eval
                     if cfg.save_every and self.step % cfg.save_every == 0:
                         self.save()
                     if self._should_stop(stop):
@@ -527,18 +527,22 @@ class Trainer:
                     self.step_in_epoch = 0
                     if cfg.save_every_epochs and self.epoch % cfg.save_every_epochs == 0:
                         self.save()
-        self.reporter.finish()
-        if stopped:
-            self.reporter.log(f"stopping at step {self.step} on request; saving a checkpoint")
-        elif self.eval_data is not None and (not cfg.eval_every or self.step % cfg.eval_every):
-            last_eval = self._evaluate()
-        final = self.out / "checkpoints" / checkpoint_name(self.step)
-        try:
-            # rank 0 decides: ranks that see different files must all enter save()'s collective
-            if not runtime.from_main((final / STATE_FILE).exists()):
-                self.save()
-        finally:
-            stop.restore()
+            self.reporter.finish()
+            if stopped:
+                self.reporter.log(f"stopping at step {self.step} on request; saving a checkpoint")
+            final = self.out / "checkpoints" / checkpoint_name(self.step)
+            try:
+                # save first, still under the guard: a SIGTERM during the final evaluation (a
+                # long one on a CPU) then costs the evaluation, never the training since the
+                # last save. Rank 0 decides: ranks that see different files must all enter
+                # save()'s collective
+                if not runtime.from_main((final / STATE_FILE).exists()):
+                    self.save()
+                final_eval = not cfg.eval_every or self.step % cfg.eval_every
+                if not stopped and self.eval_data is not None and final_eval:
+                    last_eval = self._evaluate(stop, resume_progress=False) or last_eval
+            finally:
+                stop.restore()
         if self.metrics:
             self.metrics.close()
         return {
@@ -602,7 +606,9 @@ class Trainer:
                 "checkpoint)"
             )
 
-    def _evaluate(self) -> dict[str, Any]:
+    def _evaluate(self, stop: _StopFlag | None = None, resume_progress: bool = True):
+        """Evaluate with the run's progress display; None if a stop request ended it early (the
+        training progress display then continues, unless this was the final evaluation)."""
         if self.eval_data is None:
             return {}
         result = evaluate_model(
@@ -611,7 +617,16 @@ class Trainer:
             self.config.eval_batch_size or self.config.batch_size,
             self.runtime,
             self.config.eval_batches or None,
+            reporter=self.reporter,
+            should_stop=(lambda: stop.requested) if stop is not None else None,
         )
+        if resume_progress:  # evaluate_model's display replaced the training one
+            self.reporter.start(
+                "Pretraining", total=self.total_steps, unit="steps", completed=self.step
+            )
+        if result is None:
+            self.reporter.log(f"evaluation at step {self.step} stopped on request")
+            return None
         row = {"step": self.step, "split": "eval", **result}
         if self.metrics:
             self.metrics.write(row, prefix="eval")
