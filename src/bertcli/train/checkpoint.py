@@ -269,10 +269,41 @@ GUARDED = (
 )
 
 
+# how the global batch is split: a new split of the same global batch is an elastic resume
+_SPLIT = ("batch_size", "batches_per_step", "world_size")
+
+
+def global_batch(settings: dict[str, Any]) -> int | None:
+    """Sequences per optimizer step: batch size x batches per step x processes (None if the
+    settings lack one, as checkpoints of older versions without a world size do)."""
+    values = [settings.get(key) for key in _SPLIT]
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        return None
+    return values[0] * values[1] * values[2]
+
+
+def elastic_split(saved: dict[str, Any], current: dict[str, Any]) -> str | None:
+    """'2 processes x 8 x 1 -> 1 process x 16 x 1' when the global batch is the checkpoint's but
+    split differently over processes, batch size and batches per step; else None."""
+    before, after = global_batch(saved), global_batch(current)
+    if before is None or before != after or all(saved[k] == current[k] for k in _SPLIT):
+        return None
+
+    def split(s: dict[str, Any]) -> str:
+        plural = "es" if s["world_size"] > 1 else ""
+        return f"{s['world_size']} process{plural} x {s['batch_size']} x {s['batches_per_step']}"
+
+    return f"{split(saved)} -> {split(current)}"
+
+
 def resume_changes(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """'--batch-size 16 -> 32' for each guarded setting that differs from the checkpoint's."""
+    """'--batch-size 16 -> 32' for each guarded setting that differs from the checkpoint's; a
+    new split of an unchanged global batch (`elastic_split`) is not a change."""
+    elastic = elastic_split(saved, current) is not None
     changes = []
     for key, name in GUARDED:
+        if elastic and key in _SPLIT:
+            continue
         if key in saved and key in current and saved[key] != current[key]:
             before, after = saved[key], current[key]
             if isinstance(before, list | tuple):
@@ -312,7 +343,7 @@ def _shape_problem(state: Any) -> str | None:
     for key in (*_COUNTERS, "optimizer", "scaler"):
         if key not in state:
             return f"no {key!r}"
-    for key in (*_COUNTERS, "skipped_steps"):
+    for key in (*_COUNTERS, "skipped_steps", "samples_in_epoch"):
         value = state.get(key, 0)
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             return f"{key!r} must be a non-negative integer, got {_short(value)}"

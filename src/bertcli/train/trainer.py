@@ -16,8 +16,12 @@ log interval. `--compile` wraps DDP first and compiles the wrapper (compiled DDP
 buckets are all-reduced while backward runs; the bare module is what is saved, so checkpoint
 names never carry a prefix.
 
-The data position is (epoch, step within epoch); each epoch's example order comes from the
-dataset's `order(epoch)` and is dealt out to ranks, so a resumed run sees the same batches.
+The data position is (epoch, step within epoch), saved also as the examples of the epoch's order
+consumed (`samples_in_epoch`); each epoch's example order comes from the dataset's
+`order(epoch)` and is dealt out to ranks round-robin, so optimizer step s takes the contiguous
+block `order[s*G:(s+1)*G]` of the global batch G = ranks x batch size x batches per step,
+whatever the split. A resumed run sees the same batches, also on another number of processes
+when G is unchanged (an elastic resume: only the dropout streams, which are per rank, differ).
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from bertcli.tokenizer import BertTokenizer
 from bertcli.train.checkpoint import (
     STATE_FILE,
     checkpoint_name,
+    elastic_split,
     load_summary,
     load_trainer_state,
     prune_checkpoints,
@@ -243,6 +248,12 @@ class Trainer:
             )
         if changes:
             self.reporter.log(f"--allow-changes: {'; '.join(changes)}")
+        elastic = elastic_split(saved, {**asdict(self.config), **self.run_facts})
+        if elastic:
+            self.reporter.log(
+                f"--resume: the global batch of {self._global_batch} sequences is split anew "
+                f"({elastic}); the sample sequence continues exactly"
+            )
         if state["step"] > self.total_steps:
             flag = "--max-steps" if self.config.max_steps is not None else "--num-epochs"
             raise UserError(
@@ -261,6 +272,12 @@ class Trainer:
             ) from None
         self.step, self.epoch = state["step"], state["epoch"]
         self.step_in_epoch = state["step_in_epoch"]
+        # the position in world-size-free terms: a step takes the next global batch of the
+        # epoch's order, whichever ranks share it (see _epoch_batches); a new global batch
+        # (--allow-changes) resumes at the first step that repeats rather than skips samples
+        samples = state.get("samples_in_epoch")
+        if isinstance(samples, int) and not isinstance(samples, bool):
+            self.step_in_epoch = samples // self._global_batch
         self.skipped_steps = state.get("skipped_steps", 0)
         per_rank = state.get("rng_per_rank") or [state["rng"]]  # "rng": older checkpoints
         if len(per_rank) == self.runtime.world_size:
@@ -315,11 +332,18 @@ class Trainer:
             "carried over; new LR schedule"
         )
 
+    @property
+    def _global_batch(self) -> int:
+        """Sequences per optimizer step, over all ranks."""
+        return self.config.batch_size * self.config.batches_per_step * self.runtime.world_size
+
     def _trainer_state(self, rng_per_rank: list[dict[str, Any]]) -> dict[str, Any]:
         return {
             "step": self.step,
             "epoch": self.epoch,
             "step_in_epoch": self.step_in_epoch,
+            # examples of this epoch's order consumed: the same for any split over ranks
+            "samples_in_epoch": self.step_in_epoch * self._global_batch,
             "skipped_steps": self.skipped_steps,
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
