@@ -43,7 +43,7 @@ def _losses(out: Path) -> dict[int, float]:
 def _cut_at_step_3(whole: Path, cut: Path) -> None:
     """The state a kill right after the step-3 save leaves behind."""
     (cut / "checkpoints").mkdir(parents=True)
-    shutil.copy(whole / ".bertcli-run", cut / ".bertcli-run")
+    shutil.copy(whole / "run.json", cut / "run.json")  # a run directory, not a stranger's
     name = "step_00000003"
     shutil.copytree(whole / "checkpoints" / name, cut / "checkpoints" / name)
     rows = (whole / "metrics.jsonl").read_text().splitlines()
