@@ -149,11 +149,24 @@ def test_remove_tree_renames_before_deleting(tmp_path, monkeypatch):
 
 
 def test_temporaries_are_recognised_and_nothing_else(tmp_path):
-    ours = [".step_00000020.tmp-1a2b3c4d", ".lower_case.tmp-00ff00ff"]
-    older = [".step_00000009.k2j4_x9a", ".tok.old.abcd1234", ".metrics.jsonl.tmp"]
-    kept = ["step_00000020", ".bertcli.lock", "metrics.jsonl", ".hidden", "cache"]
+    import re
+
+    ours = [".step_00000020.bertcli-tmp-1a2b3c4d", ".lower_case.bertcli-tmp-k2j4_x9a"]
+    older = [
+        ".step_00000009.k2j4_x9a",
+        ".step_00000008.old.abcd1234",
+        ".step_00000007.tmp-00ff00ff",
+        ".metrics.jsonl.tmp",
+    ]
+    # a user's names that the older patterns matched: never temporaries of a name we own
+    users = [".env.template", ".bashrc.20240101", ".vimrc.original", ".tmp-notes"]
+    kept = ["step_00000020", ".bertcli.lock", "metrics.jsonl", ".hidden", "cache", *users]
     for name in ours + older + kept:
         (tmp_path / name).mkdir() if name.startswith(".step") else (tmp_path / name).touch()
-    removed = {p.name for p in sweep_temporaries(tmp_path)}
-    assert removed == set(ours + older)
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(kept)
+    (tmp_path / ".cache.packages").mkdir()
+    (tmp_path / ".cache.packages" / "wheel.whl").touch()
+    assert {p.name for p in sweep_temporaries(tmp_path)} == set(ours)  # the new marker only
+    owned = re.compile(r"step_\d+|metrics\.jsonl")
+    assert {p.name for p in sweep_temporaries(tmp_path, owned)} == set(older)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*kept, ".cache.packages"])
+    assert (tmp_path / ".cache.packages" / "wheel.whl").is_file()

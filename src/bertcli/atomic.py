@@ -9,8 +9,11 @@ run.json, metrics.jsonl) goes through here, so:
   directory entries are fsynced before the rename, the parent directory after it;
 - outputs get the modes `mkdir` and `open` would give them under the process umask (temporary
   directories from `mkdtemp` are 0700 and would keep that mode through the rename);
-- temporary names carry a marker (`.NAME.tmp-XXXX`), so the debris of a killed process is
-  recognisable and `sweep_temporaries` can remove it once the owner is known to be dead.
+- temporary names carry a marker no user picks (`.NAME.bertcli-tmp-XXXXXXXX`), so the debris of
+  a killed process is recognisable and `sweep_temporaries` can remove it once the owner is known
+  to be dead. Earlier versions' names (`.NAME.tmp-XXXXXXXX`, `.NAME.XXXXXXXX`, `.NAME.old.…`,
+  `.NAME.tmp`) look like a user's `.bashrc.20240101` or `.env.template`; they are swept only when
+  the caller names the final names it owns (`legacy_finals`), in a directory proven to be its.
 
 Replacing an existing directory swaps the two names in one `renameat2(RENAME_EXCHANGE)` on Linux,
 so the final name never disappears; where that call is missing (other systems, old kernels, some
@@ -27,15 +30,20 @@ import errno
 import os
 import re
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-TEMP_MARK = ".tmp-"
-# our marker, plus the names earlier versions used: mkdtemp's `.NAME.XXXXXXXX`, `.NAME.old.…`
-# and `.NAME.tmp` files (shards, downloads, metrics, run.json)
-_LEGACY_TEMP = re.compile(r"^\..+\.((old\.)?[a-z0-9_]{8}|tmp)$")
+from bertcli.errors import UserError
+
+TEMP_MARK = ".bertcli-tmp-"
+# temp_name's 8 hex digits, or mkdtemp's 8 characters of [a-z0-9_]
+_TEMP = re.compile(r"^\..+\.bertcli-tmp-[a-z0-9_]{8}$")
+# the names earlier versions used: `.NAME.tmp-XXXXXXXX`, mkdtemp's `.NAME.XXXXXXXX`,
+# `.NAME.old.XXXXXXXX` and `.NAME.tmp` files (shards, downloads, metrics, run.json)
+_LEGACY_TEMP = re.compile(r"^\.(?P<final>.+?)\.((tmp-|old\.)?[a-z0-9_]{8}|tmp)$")
 
 
 def current_umask() -> int:
@@ -90,9 +98,13 @@ def temp_name(final: Path) -> str:
     return f".{final.name}{TEMP_MARK}{os.urandom(4).hex()}"
 
 
-def is_temporary(name: str) -> bool:
-    """Whether a directory entry is a temporary (ours, or an earlier version's)."""
-    return name.startswith(".") and (TEMP_MARK in name or bool(_LEGACY_TEMP.match(name)))
+def is_temporary(name: str, legacy_finals: re.Pattern[str] | None = None) -> bool:
+    """Whether a directory entry is one of our temporaries; an earlier version's only when
+    `legacy_finals` is given and fully matches the final name it was a temporary of."""
+    if _TEMP.match(name):
+        return True
+    legacy = _LEGACY_TEMP.match(name) if legacy_finals is not None else None
+    return bool(legacy and legacy_finals.fullmatch(legacy.group("final")))
 
 
 def durable_replace(src: str | Path, dst: str | Path) -> None:
@@ -122,6 +134,29 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def open_own_file(path: str | Path, flags: int) -> int:
+    """Open a fixed-name file in a directory others may write to (the run lock, an appended
+    log) without following a link planted there: `O_NOFOLLOW`, and a regular file with one
+    name, so neither a symlink nor a hard link makes us truncate or append to someone's file.
+    Raises UserError naming the path."""
+    path = Path(path)
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK, 0o666)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UserError(
+                f"{path} is a symbolic link; bertcli writes only its own file there (remove it)"
+            ) from None
+        raise UserError(f"cannot open {path}: {exc.strerror}") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_nlink > 1:
+        os.close(fd)
+        what = "has other names (a hard link)" if stat.S_ISREG(info.st_mode) else "not a file"
+        raise UserError(f"{path} is {what}; bertcli writes only its own file there (remove it)")
+    os.set_blocking(fd, True)
+    return fd
 
 
 _libc = None
@@ -156,14 +191,14 @@ def remove_tree(path: Path) -> None:
     shutil.rmtree(doomed, ignore_errors=True)
 
 
-def sweep_temporaries(directory: Path) -> list[Path]:
-    """Remove the temporary files and directories left in `directory` by killed processes.
-    Call it only while holding the lock that proves their writers are gone."""
+def sweep_temporaries(directory: Path, legacy_finals: re.Pattern[str] | None = None) -> list[Path]:
+    """Remove the temporary files and directories left in `directory` by killed processes (see
+    `is_temporary`). Call it only while holding the lock that proves their writers are gone."""
     removed = []
     if not directory.is_dir():
         return removed
     for entry in sorted(directory.iterdir()):
-        if is_temporary(entry.name):
+        if is_temporary(entry.name, legacy_finals):
             if entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry, ignore_errors=True)
             else:

@@ -70,6 +70,19 @@ class BertConfig:
             raise UserError(
                 f"hidden_act must be one of {', '.join(ACTIVATIONS)}, got {self.hidden_act!r}"
             )
+        for name in (
+            "hidden_dropout_prob",
+            "attention_probs_dropout_prob",
+            "initializer_range",
+            "layer_norm_eps",
+        ):  # a JSON string such as "1e-12" is refused, not converted
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise UserError(f"{name} must be a number, got {value!r}")
+        if isinstance(self.pad_token_id, bool) or not isinstance(self.pad_token_id, int):
+            raise UserError(f"pad_token_id must be an integer, got {self.pad_token_id!r}")
+        if not isinstance(self.hidden_act, str):
+            raise UserError(f"hidden_act must be a string, got {self.hidden_act!r}")
         for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
             value = getattr(self, name)
             if not 0.0 <= float(value) < 1.0:
@@ -135,14 +148,16 @@ class BertConfig:
         kwargs = {k: v for k, v in data.items() if k in names and v is not None}
         if "hidden_act" in kwargs and not isinstance(kwargs["hidden_act"], str):
             raise UserError(f"{source}: hidden_act must be a string")
-        return cls(**kwargs)
+        try:
+            return cls(**kwargs)
+        except UserError as exc:  # name the file as well as the field
+            raise UserError(f"{source}: {exc}") from None
 
     def save(self, path: str | Path) -> None:
         """Write config.json atomically."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
-        tmp.replace(path)
+        from bertcli.atomic import write_text_atomic  # a fresh temp name: never a planted link
+
+        write_text_atomic(path, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> BertConfig:

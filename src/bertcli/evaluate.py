@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -27,8 +28,11 @@ def evaluate_model(
     runtime: Runtime,
     max_batches: int | None = None,
     reporter: Reporter | None = None,
-) -> dict[str, float | int]:
-    """Deterministic pass over `dataset` (in index order, split across ranks)."""
+    should_stop: Callable[[], bool] | None = None,
+) -> dict[str, float | int] | None:
+    """Deterministic pass over `dataset` (in index order, split across ranks). With
+    `should_stop`, asked before each batch: True ends the pass early and it returns None (under
+    DDP, when any rank stopped)."""
     was_training = model.training
     model.eval()
     indices = list(range(runtime.rank, len(dataset), runtime.world_size))
@@ -38,7 +42,11 @@ def evaluate_model(
     sums = EvalSums(runtime.device)
     reporter = reporter or Reporter()
     reporter.start("Evaluating", total=len(batches), unit="batches")
+    stopped = False
     for batch_indices in batches:
+        if should_stop is not None and should_stop():
+            stopped = True
+            break
         batch = collate([dataset[i] for i in batch_indices])
         # positions and the unpadding record come from the CPU batch: no sync, static head
         if "masked_lm_positions" not in batch:
@@ -65,8 +73,12 @@ def evaluate_model(
     reporter.finish()
     if runtime.distributed:
         dist.all_reduce(sums.values)
+        if should_stop is not None:  # every rank returns the same answer
+            flag = torch.tensor([float(stopped)], device=runtime.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            stopped = bool(flag.item())
     model.train(was_training)
-    return sums.result()
+    return None if stopped else sums.result()
 
 
 def checkpoint_tokenizer(checkpoint: Path, tokenizer: Path | None) -> BertTokenizer:

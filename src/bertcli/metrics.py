@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from bertcli.atomic import fsync_path, write_text_atomic
+from bertcli.atomic import fsync_path, open_own_file, write_text_atomic
+from bertcli.errors import UserError
 
 
 class EvalSums:
@@ -75,7 +77,9 @@ class MetricsWriter:
     def __init__(self, out: Path, tensorboard: bool = True, purge_step: int | None = None):
         out.mkdir(parents=True, exist_ok=True)
         self.path = out / "metrics.jsonl"
-        self.handle = self.path.open("a", encoding="utf-8")
+        # appended under a fixed name: never through a link planted there
+        fd = open_own_file(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        self.handle = os.fdopen(fd, "a", encoding="utf-8")
         self.recent: list[dict[str, Any]] = []  # the rows of the latest step, for checkpoints
         self.tb = None
         if tensorboard:
@@ -123,6 +127,8 @@ def truncate_metrics(
     line cut by a kill, bytes that are not UTF-8); put back each row of `restore` (a checkpoint's
     own copy of its step's rows) that the file lost. Replaces the file atomically; returns how
     many damaged lines were dropped."""
+    if path.is_symlink():  # its target is not ours to read into the run, nor to replace
+        raise UserError(f"{path} is a symbolic link; bertcli writes only its own file there")
     if not path.is_file() and not restore:
         return 0
     keep: list[str] = []

@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bertcli.config import BertConfig
+from bertcli.sizing import check_fits
 from bertcli.unpad import Unpadding, attend_each, pad, unpad
 
 IGNORE_INDEX = -100
@@ -153,6 +154,7 @@ class BertModel(nn.Module):
     """Embeddings, encoder and pooler: returns (sequence_output, pooled_output)."""
 
     def __init__(self, config: BertConfig):
+        check_fits(config)  # before allocating: a config.json must not exhaust the machine
         super().__init__()
         self.config = config
         self.embeddings = Embeddings(config)

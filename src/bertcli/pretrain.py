@@ -32,6 +32,7 @@ from bertcli.evaluate import check_positions, check_vocab
 from bertcli.hf import load_config, load_pretrained
 from bertcli.hub import resolve_model
 from bertcli.model import BertForPreTraining
+from bertcli.sizing import check_fits
 from bertcli.tokenizer import (
     BertTokenizer,
     load_tokenizer,
@@ -303,6 +304,8 @@ def _run(
             if data is not None:  # headers now, before any step; ids as each shard opens
                 data.check_vocab(model_config.vocab_size)
 
+    # weights, gradients and optimizer state must fit, before any of them is allocated
+    check_fits(model_config, training=True, device=runtime.device, source=source)
     if resume_dir is not None:
         model = load_pretrained(resume_dir)
     elif init_dir is not None:

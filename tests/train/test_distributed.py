@@ -66,6 +66,7 @@ def test_torchrun_resume_is_exact(corpus, tokenizer_dir, tmp_path):
     run(whole)
     # the state a kill right after the step-4 save leaves behind
     (cut / "checkpoints").mkdir(parents=True)
+    shutil.copy(whole / ".bertcli-run", cut / ".bertcli-run")  # a run directory, not a stranger's
     shutil.copytree(whole / "checkpoints" / "step_00000004", cut / "checkpoints" / "step_00000004")
     rows = (whole / "metrics.jsonl").read_text().splitlines()
     (cut / "metrics.jsonl").write_text("\n".join(rows[:4]) + "\n")

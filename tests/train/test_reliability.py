@@ -28,6 +28,7 @@ from bertcli.train.checkpoint import (
     verify_checkpoint,
 )
 from bertcli.train.lock import LOCK_NAME
+from bertcli.train.rundir import CHECKPOINT_FINALS, RUN_FINALS
 from tests.train.conftest import pretrain_command
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
@@ -53,9 +54,9 @@ def steps(out: Path) -> list[int]:
 def debris(out: Path) -> list[str]:
     """Temporaries and partial checkpoints in the run dir and its checkpoints dir."""
     found = []
-    for directory in (out, out / "checkpoints"):
+    for directory, owned in ((out, RUN_FINALS), (out / "checkpoints", CHECKPOINT_FINALS)):
         if directory.is_dir():
-            found += [p.name for p in directory.iterdir() if is_temporary(p.name)]
+            found += [p.name for p in directory.iterdir() if is_temporary(p.name, owned)]
     return found + [p.name for p in incomplete_checkpoints(out / "checkpoints")]
 
 

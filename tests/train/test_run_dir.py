@@ -64,7 +64,7 @@ def test_a_filesystem_without_locks_runs_unlocked_and_says_so(tmp_path, monkeypa
         raise OSError(errno.ENOLCK, "No locks available")
 
     monkeypatch.setattr(lock_module.fcntl, "flock", no_locks)
-    debris = tmp_path / "run" / ".step_00000001.tmp-00000000"
+    debris = tmp_path / "run" / ".step_00000001.bertcli-tmp-00000000"
     debris.mkdir(parents=True)
 
     class Lines(Reporter):
@@ -113,13 +113,22 @@ def test_resume_changes_name_each_guarded_setting():
 def checkpoint(tmp_path_factory):
     from bertcli.config import BertConfig
     from bertcli.model import BertForPreTraining
-    from bertcli.train.checkpoint import save_checkpoint
+    from bertcli.train.checkpoint import rng_state, save_checkpoint
 
     model = BertForPreTraining(
         BertConfig.from_preset("tiny", vocab_size=100, hidden_size=32, num_attention_heads=2)
     )
     path = tmp_path_factory.mktemp("ck") / "step_00000001"
-    return save_checkpoint(path, model, None, {"step": 1, "blob": list(range(1000))}, {"step": 1})
+    state = {  # the shape Trainer saves (verification checks it), plus bulk to damage
+        "step": 1,
+        "epoch": 0,
+        "step_in_epoch": 1,
+        "optimizer": {"state": {}, "param_groups": []},
+        "scaler": {},
+        "rng_per_rank": [rng_state()],
+        "blob": list(range(1000)),
+    }
+    return save_checkpoint(path, model, None, state, {"step": 1})
 
 
 @pytest.mark.parametrize("damage", ["truncate_weights", "empty_weights", "flip_state", "no_json"])

@@ -20,6 +20,7 @@ import socket
 import time
 from pathlib import Path
 
+from bertcli.atomic import open_own_file
 from bertcli.errors import UserError
 
 LOCK_NAME = ".bertcli.lock"
@@ -84,9 +85,10 @@ def acquire_run_lock(directory: str | Path) -> RunLock:
     directory = Path(directory)
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        fd = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
     except OSError as exc:
         raise UserError(f"cannot create the run lock in {directory}: {exc.strerror}") from None
+    # a link (or a second name) at the lock's name must not make us truncate its target
+    fd = open_own_file(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT)
     if fcntl is None:  # pragma: no cover - no flock: run unlocked
         return RunLock(directory, fd, None)
     try:

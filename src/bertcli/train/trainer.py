@@ -16,8 +16,12 @@ log interval. `--compile` wraps DDP first and compiles the wrapper (compiled DDP
 buckets are all-reduced while backward runs; the bare module is what is saved, so checkpoint
 names never carry a prefix.
 
-The data position is (epoch, step within epoch); each epoch's example order comes from the
-dataset's `order(epoch)` and is dealt out to ranks, so a resumed run sees the same batches.
+The data position is (epoch, step within epoch), saved also as the examples of the epoch's order
+consumed (`samples_in_epoch`); each epoch's example order comes from the dataset's
+`order(epoch)` and is dealt out to ranks round-robin, so optimizer step s takes the contiguous
+block `order[s*G:(s+1)*G]` of the global batch G = ranks x batch size x batches per step,
+whatever the split. A resumed run sees the same batches, also on another number of processes
+when G is unchanged (an elastic resume: only the dropout streams, which are per rank, differ).
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from bertcli.tokenizer import BertTokenizer
 from bertcli.train.checkpoint import (
     STATE_FILE,
     checkpoint_name,
+    elastic_split,
     load_summary,
     load_trainer_state,
     prune_checkpoints,
@@ -244,23 +249,45 @@ class Trainer:
             )
         if changes:
             self.reporter.log(f"--allow-changes: {'; '.join(changes)}")
+        elastic = elastic_split(saved, {**asdict(self.config), **self.run_facts})
+        if elastic:
+            self.reporter.log(
+                f"--resume: the global batch of {self._global_batch} sequences is split anew "
+                f"({elastic}); the sample sequence continues exactly"
+            )
         if state["step"] > self.total_steps:
             flag = "--max-steps" if self.config.max_steps is not None else "--num-epochs"
             raise UserError(
                 f"{flag} gives {self.total_steps} steps, below the step of {directory.name} "
                 f"({state['step']}); raise it to continue training"
             )
-        if saved.get("optimizer", self.config.optimizer) == self.config.optimizer:
-            self.optimizer.load_state_dict(state["optimizer"])
-        else:
-            self.reporter.log(f"--optimizer {self.config.optimizer} starts with a fresh state")
-        self.scaler.load_state_dict(state["scaler"])
+        try:
+            if saved.get("optimizer", self.config.optimizer) == self.config.optimizer:
+                self.optimizer.load_state_dict(state["optimizer"])
+            else:
+                self.reporter.log(f"--optimizer {self.config.optimizer} starts with a fresh state")
+            self.scaler.load_state_dict(state["scaler"])
+        except (ValueError, KeyError, TypeError, RuntimeError) as exc:
+            raise UserError(
+                f"{directory / STATE_FILE}: its optimizer state does not fit this model ({exc})"
+            ) from None
         self.step, self.epoch = state["step"], state["epoch"]
         self.step_in_epoch = state["step_in_epoch"]
+        # the position in world-size-free terms: a step takes the next global batch of the
+        # epoch's order, whichever ranks share it (see _epoch_batches); a new global batch
+        # (--allow-changes) resumes at the first step that repeats rather than skips samples
+        samples = state.get("samples_in_epoch")
+        if isinstance(samples, int) and not isinstance(samples, bool):
+            self.step_in_epoch = samples // self._global_batch
         self.skipped_steps = state.get("skipped_steps", 0)
         per_rank = state.get("rng_per_rank") or [state["rng"]]  # "rng": older checkpoints
         if len(per_rank) == self.runtime.world_size:
-            set_rng_state(per_rank[self.runtime.rank])
+            try:
+                set_rng_state(per_rank[self.runtime.rank])
+            except (TypeError, ValueError, KeyError, RuntimeError, AttributeError) as exc:
+                raise UserError(
+                    f"{directory / STATE_FILE}: its RNG state does not restore ({exc})"
+                ) from None
         else:  # resumed on a different number of processes: a fresh, distinct seed per rank
             torch.manual_seed(self.config.seed + self.runtime.rank + self.step)
         if self.runtime.is_main:
@@ -306,11 +333,18 @@ class Trainer:
             "carried over; new LR schedule"
         )
 
+    @property
+    def _global_batch(self) -> int:
+        """Sequences per optimizer step, over all ranks."""
+        return self.config.batch_size * self.config.batches_per_step * self.runtime.world_size
+
     def _trainer_state(self, rng_per_rank: list[dict[str, Any]]) -> dict[str, Any]:
         return {
             "step": self.step,
             "epoch": self.epoch,
             "step_in_epoch": self.step_in_epoch,
+            # examples of this epoch's order consumed: the same for any split over ranks
+            "samples_in_epoch": self.step_in_epoch * self._global_batch,
             "skipped_steps": self.skipped_steps,
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
@@ -507,7 +541,7 @@ class Trainer:
                             **({"mfu": fields["mfu"]} if "mfu" in fields else {}),
                         )
                     if cfg.eval_every and self.step % cfg.eval_every == 0:
-                        last_eval = self._evaluate_fitting()
+                        last_eval = self._evaluate_fitting(stop) or last_eval
                     if cfg.save_every and self.step % cfg.save_every == 0:
                         self.save()
                     if self._should_stop(stop):
@@ -520,18 +554,22 @@ class Trainer:
                     self.step_in_epoch = 0
                     if cfg.save_every_epochs and self.epoch % cfg.save_every_epochs == 0:
                         self.save()
-        self.reporter.finish()
-        if stopped:
-            self.reporter.log(f"stopping at step {self.step} on request; saving a checkpoint")
-        elif self.eval_data is not None and (not cfg.eval_every or self.step % cfg.eval_every):
-            last_eval = self._evaluate_fitting()
-        final = self.out / "checkpoints" / checkpoint_name(self.step)
-        try:
-            # rank 0 decides: ranks that see different files must all enter save()'s collective
-            if not runtime.from_main((final / STATE_FILE).exists()):
-                self.save()
-        finally:
-            stop.restore()
+            self.reporter.finish()
+            if stopped:
+                self.reporter.log(f"stopping at step {self.step} on request; saving a checkpoint")
+            final = self.out / "checkpoints" / checkpoint_name(self.step)
+            try:
+                # save first, still under the guard: a SIGTERM during the final evaluation (a
+                # long one on a CPU) then costs the evaluation, never the training since the
+                # last save. Rank 0 decides: ranks that see different files must all enter
+                # save()'s collective
+                if not runtime.from_main((final / STATE_FILE).exists()):
+                    self.save()
+                final_eval = not cfg.eval_every or self.step % cfg.eval_every
+                if not stopped and self.eval_data is not None and final_eval:
+                    last_eval = self._evaluate_fitting(stop, resume_progress=False) or last_eval
+            finally:
+                stop.restore()
         if self.metrics:
             self.metrics.close()
         return {
@@ -599,15 +637,17 @@ class Trainer:
                 "checkpoint)"
             )
 
-    def _evaluate_fitting(self) -> dict[str, Any]:
+    def _evaluate_fitting(self, stop: _StopFlag | None = None, resume_progress: bool = True):
         """`_evaluate`, with out of GPU memory as one line naming --eval-batch-size."""
         batch = self.config.eval_batch_size or self.config.batch_size
         seq_len = getattr(self.eval_data, "max_seq_length", 0)
         where = f"{self.runtime.device} (evaluation)"
         with batch_must_fit("--eval-batch-size", batch, lambda: seq_len, where):
-            return self._evaluate()
+            return self._evaluate(stop, resume_progress)
 
-    def _evaluate(self) -> dict[str, Any]:
+    def _evaluate(self, stop: _StopFlag | None = None, resume_progress: bool = True):
+        """Evaluate with the run's progress display; None if a stop request ended it early (the
+        training progress display then continues, unless this was the final evaluation)."""
         if self.eval_data is None:
             return {}
         result = evaluate_model(
@@ -616,7 +656,16 @@ class Trainer:
             self.config.eval_batch_size or self.config.batch_size,
             self.runtime,
             self.config.eval_batches or None,
+            reporter=self.reporter,
+            should_stop=(lambda: stop.requested) if stop is not None else None,
         )
+        if resume_progress:  # evaluate_model's display replaced the training one
+            self.reporter.start(
+                "Pretraining", total=self.total_steps, unit="steps", completed=self.step
+            )
+        if result is None:
+            self.reporter.log(f"evaluation at step {self.step} stopped on request")
+            return None
         row = {"step": self.step, "split": "eval", **result}
         if self.metrics:
             self.metrics.write(row, prefix="eval")
