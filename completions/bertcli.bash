@@ -59,7 +59,7 @@ _bertcli() {
                 --precision) COMPREPLY=($(compgen -W 'auto fp32 bf16 fp16' -- "$cur")); return ;;
                 --device) COMPREPLY=($(compgen -W 'auto cpu cuda' -- "$cur")); return ;;
             esac
-            COMPREPLY=($(compgen -W '--init-from --task --out --data-dir --train-data --eval-data --text-column --text-pair-column --label-column --header --no-header --tokenizer --max-seq-length --lr --num-epochs --batch-size --eval-batch-size --batches-per-step --optimizer --lr-policy --warmup-ratio --weight-decay --beta1 --beta2 --eps --max-grad-norm --seed --seeds --keep-all-seeds --log-every --precision --device --tensorboard --no-tensorboard --json --help' -- "$cur"))
+            COMPREPLY=($(compgen -W '--init-from --task --out --data-dir --train-data --eval-data --text-column --text-pair-column --label-column --header --no-header --tokenizer --max-seq-length --lr --num-epochs --batch-size --eval-batch-size --batches-per-step --optimizer --lr-policy --warmup-ratio --weight-decay --beta1 --beta2 --eps --max-grad-norm --seed --seeds --keep-all-seeds --log-every --precision --device --tensorboard --no-tensorboard --license --language --push-to --json --help' -- "$cur"))
             ;;
         preprocess)
             case "$prev" in

@@ -278,3 +278,37 @@ def test_continue_from_the_pushed_model_names_it_as_base_model(hub, trained, tmp
     assert card.data.base_model == "someone/pretrained"
     assert "continued from [someone/pretrained]" in card.text
     assert not [c for c in hub.calls if c["kind"] == "unknown"]  # every call was understood
+
+
+def test_finetune_push_to_publishes_model_dir_with_its_card(hub, trained, tmp_path):
+    _, final, _ = trained
+    out = tmp_path / "sst2"
+    args = ["finetune", "--init-from", final, "--task", "sst2", "--out", out, "--device", "cpu"]
+    args += ["--num-epochs", "1", "--max-seq-length", "32", "--license", "mit"]
+    args += ["--push-to", "someone/sentiment", "--json"]
+    result = _bertcli(_push_env(tmp_path, hub), *args)  # the bundled SST-2 sample
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["pushed"].startswith(hub.url)
+    stored = hub.repos["someone/sentiment"]
+    assert {"config.json", "model.safetensors", "README.md"} <= set(stored)
+    assert stored["README.md"] == (out / "model" / "README.md").read_bytes()
+    from huggingface_hub import ModelCard
+
+    card = ModelCard(stored["README.md"].decode())
+    assert card.data.pipeline_tag == "text-classification"
+    assert card.data.license == "mit"
+    scores = {r.metric_name: r.metric_value for r in card.data.eval_results}
+    assert scores["accuracy"] == pytest.approx(summary["eval"]["accuracy"])
+    assert "model_card" not in json.loads((out / "results.json").read_text())
+
+
+def test_finetune_push_to_without_a_token_stops_before_training(tmp_path, trained):
+    _, final, _ = trained
+    env = _env(tmp_path, None)
+    env.pop("HF_TOKEN")
+    out = tmp_path / "ft"
+    result = _bertcli(env, "finetune", "--init-from", final, "--task", "sst2", "--out", out,
+                      "--push-to", "someone/x", "--device", "cpu")  # fmt: skip
+    assert "no Hugging Face token" in _one_error_line(result)
+    assert not (out / "model").exists()  # refused before any training

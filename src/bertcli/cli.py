@@ -942,6 +942,9 @@ def finetune(
     precision: Precision = _option(FinetuneConfig, "precision", choices=Precision),
     device: Device = _option(FinetuneConfig, "device", choices=Device),
     tensorboard: bool = _option(FinetuneConfig, "tensorboard", "--tensorboard/--no-tensorboard"),
+    license: str | None = _option(FinetuneConfig, "license"),
+    language: list[str] = _option(FinetuneConfig, "language"),
+    push_to: str | None = _option(FinetuneConfig, "push_to"),
     json_output: bool = typer.Option(False, "--json", help="Print results.json, no progress."),
 ) -> None:
     """Fine-tune a pretrained checkpoint on GLUE, your own labels, or NER; DDP under torchrun.
@@ -985,6 +988,9 @@ def finetune(
         device=device.value,
         precision=precision.value,
         tensorboard=tensorboard,
+        license=license,
+        language=list(language or []),
+        push_to=push_to,
     )
     reporter = make_reporter(json_output)
     runtime = init_runtime(config.device, config.precision)

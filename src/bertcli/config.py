@@ -546,9 +546,21 @@ class FinetuneConfig:
     device: str = _opt("auto", "auto = the local GPU if any.")
     precision: str = _opt("auto", "auto = bf16 on capable GPUs, fp32 on CPU.")
     tensorboard: bool = _opt(True, "Mirror metrics.jsonl to TensorBoard event files.")
+    license: str | None = _opt(
+        None, "Model card: the license id the Hub knows (apache-2.0, mit, cc-by-4.0 …)."
+    )
+    language: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Model card: a language code of the training text (repeatable: en …)."},
+    )
+    push_to: str | None = _opt(
+        None, "Push model/ with its card to this Hub repo (org/name) when the run ends (rank 0)."
+    )
 
     def __post_init__(self) -> None:
         from bertcli.finetune.tasks import TASK_NAMES
+
+        check_card_options(self.license, self.language)
 
         if self.task not in TASK_NAMES:
             raise UserError(f"--task must be one of {', '.join(TASK_NAMES)}, got {self.task!r}")

@@ -267,10 +267,15 @@ def test_vocab_mismatch(invoke, checkpoint, tmp_path):
 
 
 def test_out_holding_another_run(invoke, checkpoint, tmp_path):
+    from bertcli.train.rundir import write_run_marker
+
     out = tmp_path / "o"
     out.mkdir()
-    (out / "results.json").write_text("{}")
+    (out / "results.json").write_text("{}")  # not bertcli's: never written into
+    _fails(_run(invoke, checkpoint, tmp_path, "--task", "sst2"), "not a bertcli run directory")
+    assert (out / "results.json").read_text() == "{}"
+    write_run_marker(out, "finetune")  # an earlier finetune's directory
     _fails(_run(invoke, checkpoint, tmp_path, "--task", "sst2"), "already holds a run")
     (out / "results.json").unlink()
-    (out / "checkpoints").mkdir()
-    _fails(_run(invoke, checkpoint, tmp_path, "--task", "sst2"), "already holds")
+    write_run_marker(out, "pretrain")
+    _fails(_run(invoke, checkpoint, tmp_path, "--task", "sst2"), "holds a pretrain run")

@@ -42,6 +42,7 @@ from bertcli.hf import build_task_model, load_config, save_task_model
 from bertcli.hub import resolve_model
 from bertcli.metrics import MetricsWriter
 from bertcli.model import IGNORE_INDEX
+from bertcli.sizing import check_fits
 from bertcli.tokenizer import BertTokenizer, load_tokenizer
 from bertcli.train.optim import build_optimizer
 from bertcli.train.rundir import claim_run_dir
@@ -453,13 +454,18 @@ def _run(config: FinetuneConfig, runtime: Runtime, log: Reporter, cleanup) -> di
     out = Path(config.out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a directory")
-    lock, _ = claim_run_dir(out, runtime, log, False)
+    lock, _ = claim_run_dir(out, runtime, log, False, kind="finetune")
     if lock is not None:
         cleanup.callback(lock.release)
     _refuse_other_run(out, runtime)
     task = get_task(config.task)
     init_dir = resolve_model(config.init_from, "--init-from", runtime, log)
     model_config = load_config(init_dir)
+    check_fits(model_config, training=True, device=runtime.device, source=str(config.init_from))
+    if config.push_to:  # no token or HF_HUB_OFFLINE: say so now, not after the training
+        from bertcli.hub import check_push_target
+
+        check_push_target(config.push_to, "--push-to")
     tokenizer = finetune_tokenizer(config.tokenizer, init_dir, config.init_from)
     check_vocab(tokenizer, model_config.vocab_size, f"--init-from {config.init_from}")
     check_positions(
@@ -552,13 +558,36 @@ def _finish(config, data: TaskData, runs: list[dict], runtime: Runtime, out: Pat
         with atomic_directory(out / "model") as tmp:
             for item in (source / "model").iterdir():
                 shutil.copy2(item, tmp / item.name)
-        shutil.copy2(source / "eval_predictions.jsonl", out / "eval_predictions.jsonl.tmp")
-        (out / "eval_predictions.jsonl.tmp").replace(out / "eval_predictions.jsonl")
+        predictions = (source / "eval_predictions.jsonl").read_text(encoding="utf-8")
+        write_text_atomic(out / "eval_predictions.jsonl", predictions)
         if not config.keep_all_seeds:
             remove_tree(out / "seeds")
         write_text_atomic(out / "results.json", json.dumps(result, indent=2) + "\n")
+        _publish(config, out, result)
     runtime.barrier()
     return result
+
+
+def _publish(config: FinetuneConfig, out: Path, result: dict[str, Any]) -> None:
+    """Rank 0: the model card into `model/` (from run.json and results.json), then the push
+    that --push-to asks for."""
+    from bertcli.modelcard import write_model_card
+
+    run = json.loads((out / "run.json").read_text(encoding="utf-8"))
+    card = write_model_card(
+        out / "model",
+        run,
+        None,
+        task_results=result,
+        license=config.license,
+        language=config.language or None,
+        repo_id=config.push_to,
+    )
+    result["model_card"] = str(card)
+    if config.push_to:
+        from bertcli.hub import push_checkpoint
+
+        result["pushed"] = push_checkpoint(out, config.push_to).commit_url
 
 
 def _sentences(data: TaskData) -> int:
