@@ -12,7 +12,7 @@ import zipfile
 
 import pytest
 
-from bertcli.download import MARKER, REGISTRY, download
+from bertcli.download import MARKER, REGISTRY, SPLITS, download
 from bertcli.errors import UserError
 from tests.conftest import WIKITEXT2, require
 
@@ -151,15 +151,29 @@ def test_wrong_file_content_is_rejected(tmp_path):
         download("wikitext2", tmp_path / "out", url=(tmp_path / "fake.zip").as_uri())
     assert not (tmp_path / "out" / "train.txt").exists()
 
-    # a corpus with no known sums accepts it (members named .raw), from a file:// mirror
+    # a corpus without file sums checks its archive's published MD5 (members named .raw), and
+    # takes another archive only when the user vouches for it with --sha256
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as zf:
         for split in ("train", "valid", "test"):
             zf.writestr(f"wikitext-2-raw/wiki.{split}.raw", f"{split} text\n")
     (tmp_path / "raw.zip").write_bytes(buffer.getvalue())
-    result = download("wikitext2-raw", tmp_path / "raw", url=(tmp_path / "raw.zip").as_uri())
+    with pytest.raises(UserError, match="MD5 does not match the published f407a2d53283"):
+        download("wikitext2-raw", tmp_path / "raw", url=(tmp_path / "raw.zip").as_uri())
+    assert not (tmp_path / "raw" / "train.txt").exists()
+    vouched = hashlib.sha256(buffer.getvalue()).hexdigest()
+    result = download(
+        "wikitext2-raw", tmp_path / "raw", url=(tmp_path / "raw.zip").as_uri(), sha256=vouched
+    )
     assert (tmp_path / "raw" / "valid.txt").read_text() == "valid text\n"
     assert not result.skipped
+
+
+def test_every_corpus_is_verified():
+    """The README says every corpus is verified: by file sha256 sums or the archive's MD5."""
+    for spec in REGISTRY.values():
+        assert set(spec.file_sha256) == set(SPLITS) or len(spec.archive_md5 or "") == 32
+        assert set(spec.member_cap) == set(SPLITS)
 
 
 def test_missing_members_and_404(server, tmp_path):

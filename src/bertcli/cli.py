@@ -375,7 +375,9 @@ def _download_wikipedia(
     )
     line = (
         f"wikipedia: {result.articles} articles ({result.redirects} redirects, "
-        f"{result.other_namespaces} other pages skipped) in {len(result.parts)} part(s) "
+        f"{result.other_namespaces} other pages skipped"
+        + (f", {result.too_large} pages too large skipped" if result.too_large else "")
+        + f") in {len(result.parts)} part(s) "
         f"in {result.directory}, {result.seconds:.1f} s"
         + (" (already complete)" if result.skipped else "")
     )
