@@ -36,7 +36,7 @@ from pathlib import Path
 from bertcli.atomic import durable_replace, is_temporary, temp_name, write_text_atomic
 from bertcli.console import Reporter
 from bertcli.errors import MIN_FREE, UserError, check_space, writing
-from bertcli.remote import open_url
+from bertcli.remote import open_url, warn_plain_http
 
 SPLITS = ("train", "valid", "test")
 MARKER = ".bertcli-download.json"
@@ -414,6 +414,8 @@ def download(
     ):
         raise UserError("--sha256 must be 64 hexadecimal digits")
     spec = REGISTRY[name]
+    if url:
+        warn_plain_http(url, reporter, "--url")
     out = Path(out) if out is not None else Path("data") / name
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a directory")

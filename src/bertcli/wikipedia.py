@@ -42,6 +42,7 @@ from mwparserfromhell import nodes
 from bertcli.atomic import atomic_directory
 from bertcli.console import Reporter
 from bertcli.errors import UserError
+from bertcli.remote import warn_plain_http
 from bertcli.wikidump import LANGUAGES, MIRRORS, fetch_dump, find_dump, natural
 
 MARKER = ".bertcli-download.json"
@@ -807,6 +808,8 @@ def download_wikipedia(
             raise UserError("--input extracts a dump on disk; drop --date/--url")
         files, source = list(inputs), {"input": [str(p) for p in inputs]}
     else:
+        if url:
+            warn_plain_http(url, reporter, "--url")
         dump = None
         errors = []
         for base in (url,) if url else MIRRORS:
