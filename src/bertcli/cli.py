@@ -487,6 +487,8 @@ def preprocess(
         eval_fraction=eval_fraction,
         nsp=nsp,
     )
+    from bertcli.data.corpus import MAX_DOCUMENT_CHARS
+
     reporter = make_reporter(json_output)
     result = run_preprocess(config, tok, reporter)
     if result.skipped_documents:
@@ -503,6 +505,12 @@ def preprocess(
         reporter.log(
             f"warning: skipped {result.bad_json_lines} lines that are not a JSON object with a "
             'string "text" field'
+        )
+    if result.split_documents:
+        reporter.log(
+            f"warning: {result.split_documents} documents are longer than "
+            f"{MAX_DOCUMENT_CHARS:,} characters (no blank line or title ends them): each was "
+            "cut into documents of about that size at sentence boundaries"
         )
     _report(
         asdict(result),

@@ -331,7 +331,28 @@ def validate_shard(f: h5py.File, name: str) -> tuple[int, int, int]:
             f"{name}: next_sentence_labels has shape {f['next_sentence_labels'].shape}, "
             f"expected {(n,)}"
         )
+    _check_declared_size(f, name, seq, pred)
     return n, seq, pred
+
+
+# No HDF5 filter packs data tighter than deflate's limit of about 1032:1, so a header declaring
+# more than that many times the file's size is false: refuse it before anything is allocated.
+MAX_COMPRESSION = 1032
+MAX_SEQ_LENGTH = 1 << 16  # far above any BERT's position table
+
+
+def _check_declared_size(f: h5py.File, name: str, seq: int, pred: int) -> None:
+    if seq > MAX_SEQ_LENGTH:
+        raise UserError(f"{name}: input_ids declares sequences of {seq:,} tokens; not a BERT shard")
+    if pred > seq:
+        raise UserError(f"{name}: {pred:,} masked positions per sequence of {seq:,} tokens")
+    declared = sum(int(np.prod(f[key].shape, dtype=object)) * f[key].dtype.itemsize for key in KEYS)
+    size = f.id.get_filesize()
+    if declared > MAX_COMPRESSION * size + HDF5_SLACK:
+        raise UserError(
+            f"{name}: its header declares {declared:,} bytes of data, more than a "
+            f"{size:,}-byte file can hold; the shard is damaged or crafted"
+        )
 
 
 def _shape2(f: h5py.File, key: str, name: str) -> tuple[int, int]:
