@@ -163,6 +163,10 @@ class DamagedArchive(UserError):
     """The fetched file is not the archive it should be: discard it and fetch again."""
 
 
+class OversizedMember(DamagedArchive):
+    """A member unpacks past its bound: a crafted archive, not a transfer error (not refetched)."""
+
+
 @dataclass
 class DownloadResult:
     name: str
@@ -371,7 +375,7 @@ def unpack(archive: Path, spec: CorpusSpec, out: Path) -> dict[str, str]:
                     for chunk in iter(lambda src=src: src.read(1 << 20), b""):
                         written += len(chunk)
                         if written > cap:
-                            raise DamagedArchive(
+                            raise OversizedMember(
                                 f"{archive.name}: {member} unpacks to more than {cap >> 20} MiB, "
                                 "far more than the published file (a zip bomb?)"
                             )
@@ -434,7 +438,8 @@ def download(
                 mirror, part, spec, out, expected, reporter, retries, backoff, timeout
             )
         except DamagedArchive as exc:
-            errors.append(f"{mirror}: {exc} (fetched twice; nothing was kept)")
+            tries = "" if isinstance(exc, OversizedMember) else "fetched twice; "
+            errors.append(f"{mirror}: {exc} ({tries}nothing was kept)")
             continue
         except (TransientError, urllib.error.URLError, OSError, ValueError) as exc:
             if isinstance(exc, OSError) and not isinstance(exc, urllib.error.URLError):
@@ -472,7 +477,7 @@ def _fetch_verified(
             sums = unpack(part, spec, out)
         except DamagedArchive as exc:
             part.unlink(missing_ok=True)
-            if attempt == 2:
+            if attempt == 2 or isinstance(exc, OversizedMember):
                 raise
             reporter.log(f"{exc}: discarded, downloading {mirror} again")
             continue
