@@ -465,3 +465,34 @@ def test_torchrun_downloads_once_on_rank_0(hub, tmp_path):
     heads = [r["file"] for r in hub.requests[start:] if r["method"] == "HEAD"]
     assert heads.count("config.json") == 2  # the name's redirect, then the canonical repo
     assert (tmp_path / "run" / "checkpoints" / "step_00000001" / "vocab.txt").is_file()
+
+
+@pytest.mark.parametrize("name", ["a/b.git", "a/b--c", "a/-b", "a/b."])
+def test_names_the_hub_would_reject_are_one_line(tmp_path, name):
+    """huggingface_hub's HFValidationError used to escape cli.py as a traceback."""
+    line = _one_error_line(_bertcli(_env(tmp_path, None), "download", name))
+    assert line.startswith(f"error: unknown name '{name}'")
+
+
+@pytest.mark.parametrize(
+    "revision", ["../../../../tmp/evil", "/etc/passwd", "a/../b", ".hidden", "x.lock", "a b", "@"]
+)
+def test_revisions_that_are_no_git_ref_are_refused(tmp_path, revision):
+    """The client writes `refs/<revision>` in the cache: a path, so `..` would leave it."""
+    env = _env(tmp_path, None, HF_ENDPOINT="http://127.0.0.1:9")
+    line = _one_error_line(_bertcli(env, "download", "someone/bert", "--revision", revision))
+    assert line.startswith("error: --revision") and "git branch/tag" in line
+    assert not (tmp_path / "tmp").exists()
+
+
+def test_git_refs_and_commits_are_accepted_revisions():
+    from bertcli.hub import check_revision
+
+    for revision in ("main", "v1.0", "refs/pr/1", "feature/x-y_z", "a" * 40):
+        check_revision(revision)
+
+
+def test_plain_http_endpoint_warns(tmp_path):
+    result = _bertcli(_env(tmp_path, None, HF_ENDPOINT="http://127.0.0.1:9"), "download", "a/b")
+    _one_error_line(result)  # unreachable: still one error line, after the warning
+    assert "warning: HF_ENDPOINT http://127.0.0.1:9 is plain http" in result.stderr
