@@ -154,6 +154,16 @@ def _job_files(status: Any, db: str, date: str, where: str) -> tuple[str, list[d
 _SHA1 = re.compile(r"[0-9a-f]{40}")
 
 
+def parse_dumpstatus(raw: bytes, db: str, date: str, where: str) -> tuple[str, list[dict]] | None:
+    """The finished job and its files from a dumpstatus.json's bytes (None: not finished), or
+    UserError for anything that is not the JSON shape Wikimedia serves."""
+    try:
+        status = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise UserError(f"{where} is not JSON") from None
+    return _job_files(status, db, date, where)
+
+
 def parse_sha1sums(text: str) -> dict[str, str]:
     """`SUM  NAME` lines → {NAME: SUM}; other lines are ignored. The names only look up files
     dumpstatus.json listed (and `dump_file_name` accepted), so they never name a path."""
@@ -193,16 +203,14 @@ def find_dump(lang: str, date: str | None, base: str, timeout: float = 30.0) -> 
         if not dates:
             raise UserError(f"{base}/{db}/ lists no dump dates")
     for day in dates:
+        where = f"{base}/{db}/{day}/dumpstatus.json"
         try:
-            where = f"{base}/{db}/{day}/dumpstatus.json"
-            status = json.loads(_get(where, timeout, "dumpstatus.json"))
+            raw = _get(where, timeout, "dumpstatus.json")
         except urllib.error.HTTPError as exc:
             if exc.code == 404 and date is None:
                 continue
-            raise UserError(f"{base}/{db}/{day}/dumpstatus.json: HTTP {exc.code}") from None
-        except (ValueError, RecursionError):
-            raise UserError(f"{base}/{db}/{day}/dumpstatus.json is not JSON") from None
-        found = _job_files(status, db, day, where)
+            raise UserError(f"{where}: HTTP {exc.code}") from None
+        found = parse_dumpstatus(raw, db, day, where)
         if found is None:
             if date is not None and date != "latest":
                 raise UserError(f"{db} {day}: the pages-articles dump is not finished")

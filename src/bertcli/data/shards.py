@@ -20,7 +20,9 @@ checked by value (`check_values`) when each shard is opened.
 from __future__ import annotations
 
 import zlib
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -366,13 +368,26 @@ def open_shard(path: str | Path) -> h5py.File:
     """Open for reading with a one-line error for anything that is not HDF5."""
     try:
         return h5py.File(path, "r")
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RuntimeError) as exc:
         raise UserError(f"{path}: not a readable HDF5 shard ({exc})") from None
+
+
+@contextmanager
+def _damaged(path: str | Path) -> Iterator[None]:
+    """A file that opens as HDF5 but whose B-trees, heaps or chunks are damaged makes h5py
+    raise RuntimeError, OSError, KeyError, ValueError or TypeError: one line naming the file."""
+    try:
+        yield
+    except UserError:
+        raise
+    except (RuntimeError, OSError, KeyError, ValueError, TypeError) as exc:
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise UserError(f"{path}: damaged HDF5 shard ({reason})") from None
 
 
 def shard_length(path: str | Path) -> tuple[int, int, int]:
     """(N, max_seq, max_pred) of a shard, validated, without reading its data."""
-    with open_shard(path) as f:
+    with open_shard(path) as f, _damaged(path):
         return validate_shard(f, str(path))
 
 
@@ -381,7 +396,7 @@ def read_shard(path: str | Path, vocab_size: int | None = None) -> ShardArrays:
 
     With `vocab_size`, ids must also fit the model's embedding table.
     """
-    with open_shard(path) as f:
+    with open_shard(path) as f, _damaged(path):
         validate_shard(f, str(path))
         data = {k: np.asarray(f[k][...]) for k in KEYS}
         made_with = header_vocab_size(f)
@@ -402,7 +417,7 @@ def header_vocab_size(f: h5py.File) -> int | None:
 
 def check_header(path: str | Path, vocab_size: int) -> None:
     """Refuse, from the header alone, a shard preprocessed with a larger vocabulary."""
-    with open_shard(path) as f:
+    with open_shard(path) as f, _damaged(path):
         made_with = header_vocab_size(f)
     if made_with is not None and made_with > vocab_size:
         raise UserError(
