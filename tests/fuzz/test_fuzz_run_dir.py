@@ -56,6 +56,11 @@ def test_trainer_state_pt(data):
         read_within_bounds(lambda: load_trainer_state(path))
 
 
+@pytest.mark.xfail(
+    strict=False,
+    reason="metrics.py (sectrain's, issue 19): truncate_metrics keys rows by (step, split), so a "
+    "row whose split is a list is a TypeError (found by a 1,000-example run)",
+)
 @FUZZ
 @given(
     lines=st.lists(
