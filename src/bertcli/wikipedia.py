@@ -1,10 +1,11 @@
 """Wikipedia XML dumps → JSON lines of plain article text (the WikiExtractor `--json` format).
 
 `extract(inputs, out)` streams each dump (`.xml`, `.xml.bz2` incl. multistream, `.xml.gz`)
-through `xml.etree.ElementTree.iterparse` (expat honours the encoding the XML declaration
-states), keeps main-namespace pages that are not redirects, and cleans their wikitext in
-`workers` processes fed by one reader through a bounded queue, so memory stays flat however
-large the dump is. Given at least `workers` dump files (multistream parts), each process reads
+through expat (which honours the encoding the XML declaration states) with handlers that keep
+only a page's id, title, namespace and text, each capped at `MAX_PAGE_BYTES` (a larger page is
+skipped and counted, its text dropped as it arrives), keeps main-namespace pages that are not
+redirects, and cleans their wikitext in `workers` processes fed by one reader through a
+bounded queue, so memory stays flat however large the dump is. Given at least `workers` dump files (multistream parts), each process reads
 and cleans whole files instead, so the one reader's bz2 + XML speed is no longer the limit.
 
 Cleaning: a linear brace scan drops templates `{{…}}` and tables `{|…|}` and regexes drop
