@@ -398,3 +398,16 @@ def test_a_zip_bomb_stops_at_the_member_cap(tmp_path, monkeypatch):
         )
     assert 0 < sum(written) <= 8 << 20  # stopped the moment it passed the cap, and only once
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == []
+
+
+def test_plain_http_url_warns(server, tmp_path):
+    from bertcli.console import Reporter
+
+    class Log(Reporter):
+        lines: list[str] = []
+
+        def log(self, message: str) -> None:
+            self.lines.append(message)
+
+    download("wikitext2", tmp_path / "wt2", url=server.url, reporter=Log())
+    assert f"warning: --url {server.url} is plain http, not https" in Log.lines[0]

@@ -258,7 +258,7 @@ def test_cli_jsonl_with_bom_keeps_every_record(invoke, tmp_path):
 
 
 _RSS_SCRIPT = """
-import resource, sys
+import sys
 from pathlib import Path
 from bertcli.config import PreprocessConfig
 from bertcli.preprocess import preprocess
@@ -266,11 +266,14 @@ from bertcli.tokenizer import tokenizer_from_vocab
 tok = tokenizer_from_vocab(sys.argv[3])
 config = PreprocessConfig(inputs=[Path(sys.argv[1])], out=Path(sys.argv[2]), dupe_factor=1, workers=1)
 result = preprocess(config, tok)
-print(result.split_documents, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+# VmHWM: this process's own peak (ru_maxrss would include the parent's, kept across exec)
+peak = [line for line in open("/proc/self/status") if line.startswith("VmHWM:")][0].split()[1]
+print(result.split_documents, peak)
 """
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="VmHWM is Linux's")
 def test_memory_of_a_document_without_blank_lines_does_not_grow_with_it(tmp_path):
     """Before issue 19 one 16 MB document cost 0.94 GB: peak memory followed the document."""
     import random
@@ -297,3 +300,18 @@ def test_memory_of_a_document_without_blank_lines_does_not_grow_with_it(tmp_path
     # 4 more MB of one document: before, ~50 bytes of memory per byte of text (200 MB); now
     # the document is cut into block-sized pieces and the peak stays put
     assert peaks[5] - peaks[1] < 48 << 10, peaks
+
+
+def test_out_holding_files_bertcli_did_not_write_is_refused(tmp_path):
+    from bertcli.errors import UserError
+
+    tok = tokenizer_from_vocab(require(VOCAB_DIR / "bert-base-uncased.txt"))
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(require(WIKITEXT2 / "valid.txt").read_text()[:20000])
+    config = PreprocessConfig([corpus], tmp_path / "o", dupe_factor=1, workers=1)
+    final = Path(preprocess(config, tok).directory)
+    preprocess(config, tok)  # our own shards: replaced
+    (final / "notes.md").write_text("mine")
+    with pytest.raises(UserError, match="holds files bertcli did not write"):
+        preprocess(config, tok)
+    assert (final / "notes.md").read_text() == "mine"

@@ -460,14 +460,17 @@ def test_an_earlier_extraction_is_replaced(tmp_path):
 
 
 _RSS_SCRIPT = """
-import resource, sys
+import sys
 from pathlib import Path
 from bertcli.wikipedia import extract
 result = extract([Path(sys.argv[1])], Path(sys.argv[2]))
-print(result.articles, result.too_large, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+# VmHWM: this process's own peak (ru_maxrss would include the parent's, kept across exec)
+peak = [line for line in open("/proc/self/status") if line.startswith("VmHWM:")][0].split()[1]
+print(result.articles, result.too_large, peak)
 """
 
 
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="VmHWM is Linux's")
 def test_a_huge_page_is_skipped_with_flat_memory(tmp_path):
     from bertcli.wikipedia import MAX_PAGE_BYTES
 
@@ -500,3 +503,14 @@ def test_a_huge_page_is_skipped_with_flat_memory(tmp_path):
     # the page's 48 MiB is never held: the whole process peaks near 50 MiB (before the cap it
     # peaked at 228 MiB on this file, and at 24x a page's size on a real article's markup)
     assert peak_kib < 128 << 10, f"peak RSS {peak_kib} KiB"
+
+
+def test_a_user_file_inside_an_earlier_extraction_is_not_swept_away(tmp_path):
+    dump = tmp_path / "d.xml"
+    dump.write_text(_site_xml(_page(1, "A", "Alpha is a letter. " * 5)), encoding="utf-8")
+    out = tmp_path / "wiki"
+    extract([dump], out)
+    (out / "my-notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="not an earlier Wikipedia extraction"):
+        extract([dump], out)
+    assert (out / "my-notes.txt").read_text() == "mine"

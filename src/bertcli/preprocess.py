@@ -310,17 +310,21 @@ def preprocess(
 
 
 def refuse_foreign_directory(final: Path) -> None:
-    """UserError unless `final` is absent, empty, or shards bertcli wrote (`preprocess.json`;
-    from older versions: only `*.hdf5` files and their `eval/`): it is replaced whole."""
+    """UserError unless `final` is absent or holds only what preprocess writes (`*.hdf5`,
+    `eval/*.hdf5`, `preprocess.json`): it is replaced whole, so nothing else may be in it."""
     if not final.exists():
         return
     if not final.is_dir():
         raise UserError(f"--out: {final} exists and is not a directory")
-    names = [e.name for e in final.iterdir()]
-    ours = "preprocess.json" in names or all(
-        n.endswith(".hdf5") or (n == "eval" and (final / n).is_dir()) for n in names
-    )
-    if not ours:
+    def shards_only(directory: Path, top: bool) -> bool:
+        return all(
+            (e.name.endswith(".hdf5") and e.is_file() and not e.is_symlink())
+            or (top and e.name == "preprocess.json")
+            or (top and e.name == "eval" and e.is_dir() and shards_only(e, False))
+            for e in directory.iterdir()
+        )
+
+    if not shards_only(final, True):
         raise UserError(
             f"--out: {final} exists and holds files bertcli did not write; it would be replaced "
             "whole: move it or choose another --out"

@@ -740,17 +740,19 @@ _PART = re.compile(r"wiki_\d{5,}\.jsonl")
 
 
 def is_extraction(directory: Path) -> bool:
-    """Whether `directory` is bertcli's own extraction output, which a new one may replace: its
-    marker says so (written inside the directory before it takes its final name), or, from
-    versions without a marker, it holds nothing but `wiki_NNNNN.jsonl` parts."""
+    """Whether `directory` is bertcli's own extraction output, which a new one may replace: it
+    holds nothing but `wiki_NNNNN.jsonl` parts and, if any, our marker (written inside the
+    directory before it took its final name; versions before it wrote none) naming wikipedia."""
+    names = [e.name for e in directory.iterdir()]
+    if not all(_PART.fullmatch(n) or n == MARKER for n in names):
+        return False  # something of the user's would go with the directory
+    if MARKER not in names:
+        return bool(names)
     try:
         marker = json.loads((directory / MARKER).read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        marker = None
-    if isinstance(marker, dict) and marker.get("name") == "wikipedia":
-        return True
-    names = [e.name for e in directory.iterdir()]
-    return bool(names) and all(_PART.fullmatch(n) for n in names)
+        return False
+    return isinstance(marker, dict) and marker.get("name") == "wikipedia"
 
 
 def refuse_foreign_directory(out: Path) -> None:
