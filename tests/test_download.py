@@ -400,7 +400,7 @@ def test_a_zip_bomb_stops_at_the_member_cap(tmp_path, monkeypatch):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == []
 
 
-def test_plain_http_url_warns(server, tmp_path):
+def test_plain_http_url_warns(server, tmp_path, monkeypatch):
     from bertcli.console import Reporter
 
     class Log(Reporter):
@@ -409,5 +409,8 @@ def test_plain_http_url_warns(server, tmp_path):
         def log(self, message: str) -> None:
             self.lines.append(message)
 
+    download("wikitext2", tmp_path / "quiet", url=server.url, reporter=Log())
+    assert not Log.lines  # loopback: nobody on the path
+    monkeypatch.setattr("bertcli.remote.is_plain_http", lambda url: url.startswith("http:"))
     download("wikitext2", tmp_path / "wt2", url=server.url, reporter=Log())
     assert f"warning: --url {server.url} is plain http, not https" in Log.lines[0]

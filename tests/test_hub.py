@@ -492,7 +492,25 @@ def test_git_refs_and_commits_are_accepted_revisions():
         check_revision(revision)
 
 
-def test_plain_http_endpoint_warns(tmp_path):
-    result = _bertcli(_env(tmp_path, None, HF_ENDPOINT="http://127.0.0.1:9"), "download", "a/b")
-    _one_error_line(result)  # unreachable: still one error line, after the warning
-    assert "warning: HF_ENDPOINT http://127.0.0.1:9 is plain http" in result.stderr
+def test_plain_http_endpoint_warns(monkeypatch):
+    from bertcli import hub
+    from bertcli.console import Reporter
+    from bertcli.errors import UserError
+
+    lines: list[str] = []
+
+    class Log(Reporter):
+        def log(self, message: str) -> None:
+            lines.append(message)
+
+    def stop(*args, **kwargs):
+        raise UserError("stopped before the network")
+
+    monkeypatch.setattr(hub, "_endpoint", lambda: "http://hub-mirror.example")
+    monkeypatch.setattr(hub, "_get", stop)
+    with pytest.raises(UserError, match="stopped"):
+        hub.fetch_model("someone/bert", reporter=Log())
+    assert lines == [
+        "warning: HF_ENDPOINT http://hub-mirror.example is plain http, not https: the transfer "
+        "is not private"
+    ]

@@ -19,7 +19,7 @@ import pytest
 
 from bertcli.console import Reporter
 from bertcli.errors import UserError
-from bertcli.remote import REMOTE_TEXT_CAP, open_url, read_capped
+from bertcli.remote import REMOTE_TEXT_CAP, is_plain_http, open_url, read_capped
 from bertcli.wikidump import dump_file_name, fetch_dump, find_dump, parse_sha1sums
 from bertcli.wikipedia import download_wikipedia
 from tests.test_wikipedia import PART_NAME, DumpServer
@@ -153,7 +153,13 @@ def test_remote_documents_are_read_with_a_cap(tmp_path):
         server.close()
 
 
-def test_plain_http_url_warns(tmp_path):
+def test_plain_http_warns_off_this_machine(tmp_path, monkeypatch):
+    assert is_plain_http("http://dumps.example.org/x") and is_plain_http("http://10.0.0.1/")
+    assert not is_plain_http("https://dumps.wikimedia.org/") and not is_plain_http("file:///x")
+    for loopback in ("http://127.0.0.1:9/", "http://localhost/", "http://[::1]/"):
+        assert not is_plain_http(loopback)  # nobody on that path
+    # the wiring: a plain-http mirror is named on the way in (loopback counted as remote here)
+    monkeypatch.setattr("bertcli.remote.is_plain_http", lambda url: url.startswith("http:"))
     server = _serve(_status({PART_NAME: {"size": len(PAYLOAD), "sha1": SHA1}}))
     log = _Log()
     try:

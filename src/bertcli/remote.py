@@ -10,6 +10,7 @@ server's choice, so reading them whole would let it name our memory use.
 
 from __future__ import annotations
 
+import ipaddress
 import urllib.request
 from typing import Any
 from urllib.parse import urlsplit
@@ -66,8 +67,18 @@ def read_capped(url: str, timeout: float, what: str, cap: int = REMOTE_TEXT_CAP)
 
 
 def is_plain_http(url: str) -> bool:
-    """Whether `url` is fetched without TLS."""
-    return urlsplit(url).scheme.lower() == "http"
+    """Whether `url` travels without TLS over a network: plain http to a host other than this
+    machine (loopback is exempt, as pip counts it a secure origin: nobody sits on that path)."""
+    parts = urlsplit(url)
+    if parts.scheme.lower() != "http":
+        return False
+    host = (parts.hostname or "").lower()
+    if host == "localhost":
+        return False
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return True  # a name: it may resolve anywhere
 
 
 def warn_plain_http(url: str, reporter: Reporter, what: str) -> None:
