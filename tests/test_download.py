@@ -12,7 +12,7 @@ import zipfile
 
 import pytest
 
-from bertcli.download import MARKER, REGISTRY, download
+from bertcli.download import MARKER, REGISTRY, SPLITS, download
 from bertcli.errors import UserError
 from tests.conftest import WIKITEXT2, require
 
@@ -151,15 +151,29 @@ def test_wrong_file_content_is_rejected(tmp_path):
         download("wikitext2", tmp_path / "out", url=(tmp_path / "fake.zip").as_uri())
     assert not (tmp_path / "out" / "train.txt").exists()
 
-    # a corpus with no known sums accepts it (members named .raw), from a file:// mirror
+    # a corpus without file sums checks its archive's published MD5 (members named .raw), and
+    # takes another archive only when the user vouches for it with --sha256
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as zf:
         for split in ("train", "valid", "test"):
             zf.writestr(f"wikitext-2-raw/wiki.{split}.raw", f"{split} text\n")
     (tmp_path / "raw.zip").write_bytes(buffer.getvalue())
-    result = download("wikitext2-raw", tmp_path / "raw", url=(tmp_path / "raw.zip").as_uri())
+    with pytest.raises(UserError, match="MD5 does not match the published f407a2d53283"):
+        download("wikitext2-raw", tmp_path / "raw", url=(tmp_path / "raw.zip").as_uri())
+    assert not (tmp_path / "raw" / "train.txt").exists()
+    vouched = hashlib.sha256(buffer.getvalue()).hexdigest()
+    result = download(
+        "wikitext2-raw", tmp_path / "raw", url=(tmp_path / "raw.zip").as_uri(), sha256=vouched
+    )
     assert (tmp_path / "raw" / "valid.txt").read_text() == "valid text\n"
     assert not result.skipped
+
+
+def test_every_corpus_is_verified():
+    """The README says every corpus is verified: by file sha256 sums or the archive's MD5."""
+    for spec in REGISTRY.values():
+        assert set(spec.file_sha256) == set(SPLITS) or len(spec.archive_md5 or "") == 32
+        assert set(spec.member_cap) == set(SPLITS)
 
 
 def test_missing_members_and_404(server, tmp_path):
@@ -275,3 +289,128 @@ def test_full_disk_while_unpacking_keeps_the_archive(server, small_disk, invoke)
     assert line.startswith("error: no space left on device writing") and ".txt" in line, line
     assert leftovers(disk / "wt2") == [".wikitext2.part"]  # complete: kept for the next run
     assert not [p for p in (disk / "wt2").iterdir() if p.suffix == ".txt"]
+
+
+# ---------------------------------------------------------------------------- hostile inputs
+
+
+def test_out_holding_the_users_files_is_refused(server, tmp_path, invoke):
+    out = tmp_path / "mydocs"
+    (out / "thesis").mkdir(parents=True)
+    (out / "thesis" / "chapter1.tex").write_text("my thesis")
+    (out / "train.txt").write_text("my own training notes")
+    result = invoke("download", "wikitext2", "--out", out, "--url", server.url)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "is not empty and not a download of wikitext2 (it holds thesis)" in one_error_line(
+        result.stderr
+    )
+    assert (out / "thesis" / "chapter1.tex").read_text() == "my thesis"
+    assert (out / "train.txt").read_text() == "my own training notes"
+    assert server.requests == []  # refused before anything was fetched
+
+
+def test_a_killed_download_is_resumed_not_refused(server, tmp_path):
+    out = tmp_path / "wt2"
+    out.mkdir()
+    (out / ".wikitext2.part").write_bytes(server.payload[:1000])
+    (out / ".train.txt.tmp-0badf00d").write_bytes(b"debris")  # a killed unpack's temporary
+    download("wikitext2", out, url=server.url)
+    assert (out / "train.txt").read_bytes() == (WIKITEXT2 / "train.txt").read_bytes()
+
+
+def test_a_symlinked_part_is_replaced_not_followed(server, tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"precious\n")
+    out = tmp_path / "wt2"
+    out.mkdir()
+    (out / ".wikitext2.part").symlink_to(victim)
+    download("wikitext2", out, url=server.url)
+    assert victim.read_bytes() == b"precious\n"  # neither appended to nor truncated
+    assert (out / "valid.txt").read_bytes() == (WIKITEXT2 / "valid.txt").read_bytes()
+    assert not (out / ".wikitext2.part").exists()
+
+
+def test_split_temporaries_never_follow_links(server, tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"precious\n")
+    out = tmp_path / "wt2"
+    out.mkdir()
+    for split in ("train", "valid", "test"):  # the fixed names earlier versions wrote through
+        (out / f".{split}.txt.tmp").symlink_to(victim)
+    download("wikitext2", out, url=server.url)
+    assert victim.read_bytes() == b"precious\n"
+    assert (out / "test.txt").read_bytes() == (WIKITEXT2 / "test.txt").read_bytes()
+
+
+def _zip_bomb(member: str, size: int) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as zf:
+        with zf.open(member, "w", force_zip64=True) as handle:
+            zero = bytes(1 << 20)
+            for _ in range(size >> 20):
+                handle.write(zero)
+        for split in ("valid", "test"):
+            zf.writestr(f"wikitext-103-raw/wiki.{split}.raw", f"{split}\n")
+    return buffer.getvalue()
+
+
+def test_a_zip_bomb_stops_at_the_member_cap(tmp_path, monkeypatch):
+    import dataclasses
+
+    import bertcli.download as dl
+
+    # the issue's bomb: 1 GiB of zeros in about 1 MB of zip, above every real member's cap
+    assert max(max(spec.member_cap.values()) for spec in REGISTRY.values()) < 1 << 30
+    # here scaled down (64 MiB against an 8 MiB cap) to keep the test's disk use small
+    spec = REGISTRY["wikitext103-raw"]
+    monkeypatch.setitem(
+        REGISTRY,
+        spec.name,
+        dataclasses.replace(spec, member_cap={**spec.member_cap, "train": 8 << 20}),
+    )
+    bomb = _zip_bomb("wikitext-103-raw/wiki.train.raw", 64 << 20)
+    assert len(bomb) < 1 << 20
+    (tmp_path / "bomb.zip").write_bytes(bomb)
+    written: list[int] = []
+
+    class Counting:
+        def __init__(self, handle):
+            self.handle = handle
+
+        def write(self, data):
+            written.append(len(data))
+            return self.handle.write(data)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.handle.close()
+
+    real = dl._create_new
+    monkeypatch.setattr(dl, "_create_new", lambda path: Counting(real(path)))
+    with pytest.raises(UserError, match="unpacks to more than 8 MiB"):
+        download(
+            "wikitext103-raw",
+            tmp_path / "out",
+            url=(tmp_path / "bomb.zip").as_uri(),
+            sha256=hashlib.sha256(bomb).hexdigest(),  # vouched for: only the cap stops it
+        )
+    assert 0 < sum(written) <= 8 << 20  # stopped the moment it passed the cap, and only once
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == []
+
+
+def test_plain_http_url_warns(server, tmp_path, monkeypatch):
+    from bertcli.console import Reporter
+
+    class Log(Reporter):
+        lines: list[str] = []
+
+        def log(self, message: str) -> None:
+            self.lines.append(message)
+
+    download("wikitext2", tmp_path / "quiet", url=server.url, reporter=Log())
+    assert not Log.lines  # loopback: nobody on the path
+    monkeypatch.setattr("bertcli.remote.is_plain_http", lambda url: url.startswith("http:"))
+    download("wikitext2", tmp_path / "wt2", url=server.url, reporter=Log())
+    assert f"warning: --url {server.url} is plain http, not https" in Log.lines[0]

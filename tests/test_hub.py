@@ -465,3 +465,52 @@ def test_torchrun_downloads_once_on_rank_0(hub, tmp_path):
     heads = [r["file"] for r in hub.requests[start:] if r["method"] == "HEAD"]
     assert heads.count("config.json") == 2  # the name's redirect, then the canonical repo
     assert (tmp_path / "run" / "checkpoints" / "step_00000001" / "vocab.txt").is_file()
+
+
+@pytest.mark.parametrize("name", ["a/b.git", "a/b--c", "a/-b", "a/b."])
+def test_names_the_hub_would_reject_are_one_line(tmp_path, name):
+    """huggingface_hub's HFValidationError used to escape cli.py as a traceback."""
+    line = _one_error_line(_bertcli(_env(tmp_path, None), "download", name))
+    assert line.startswith(f"error: unknown name '{name}'")
+
+
+@pytest.mark.parametrize(
+    "revision", ["../../../../tmp/evil", "/etc/passwd", "a/../b", ".hidden", "x.lock", "a b", "@"]
+)
+def test_revisions_that_are_no_git_ref_are_refused(tmp_path, revision):
+    """The client writes `refs/<revision>` in the cache: a path, so `..` would leave it."""
+    env = _env(tmp_path, None, HF_ENDPOINT="http://127.0.0.1:9")
+    line = _one_error_line(_bertcli(env, "download", "someone/bert", "--revision", revision))
+    assert line.startswith("error: --revision") and "git branch/tag" in line
+    assert not (tmp_path / "tmp").exists()
+
+
+def test_git_refs_and_commits_are_accepted_revisions():
+    from bertcli.hub import check_revision
+
+    for revision in ("main", "v1.0", "refs/pr/1", "feature/x-y_z", "a" * 40):
+        check_revision(revision)
+
+
+def test_plain_http_endpoint_warns(monkeypatch):
+    from bertcli import hub
+    from bertcli.console import Reporter
+    from bertcli.errors import UserError
+
+    lines: list[str] = []
+
+    class Log(Reporter):
+        def log(self, message: str) -> None:
+            lines.append(message)
+
+    def stop(*args, **kwargs):
+        raise UserError("stopped before the network")
+
+    monkeypatch.setattr(hub, "_endpoint", lambda: "http://hub-mirror.example")
+    monkeypatch.setattr(hub, "_get", stop)
+    with pytest.raises(UserError, match="stopped"):
+        hub.fetch_model("someone/bert", reporter=Log())
+    assert lines == [
+        "warning: HF_ENDPOINT http://hub-mirror.example is plain http, not https: the transfer "
+        "is not private"
+    ]

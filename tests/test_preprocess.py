@@ -255,3 +255,63 @@ def test_cli_jsonl_with_bom_keeps_every_record(invoke, tmp_path):
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["documents"] == 30
     assert "skipped 1 lines that are not a JSON object" in result.stderr
+
+
+_RSS_SCRIPT = """
+import sys
+from pathlib import Path
+from bertcli.config import PreprocessConfig
+from bertcli.preprocess import preprocess
+from bertcli.tokenizer import tokenizer_from_vocab
+tok = tokenizer_from_vocab(sys.argv[3])
+config = PreprocessConfig(inputs=[Path(sys.argv[1])], out=Path(sys.argv[2]), dupe_factor=1, workers=1)
+result = preprocess(config, tok)
+# VmHWM: this process's own peak (ru_maxrss would include the parent's, kept across exec)
+peak = [line for line in open("/proc/self/status") if line.startswith("VmHWM:")][0].split()[1]
+print(result.split_documents, peak)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="VmHWM is Linux's")
+def test_memory_of_a_document_without_blank_lines_does_not_grow_with_it(tmp_path):
+    """Before issue 19 one 16 MB document cost 0.94 GB: peak memory followed the document."""
+    import random
+    import subprocess
+    import sys
+
+    words = require(WIKITEXT2 / "valid.txt").read_text().split()
+    rng = random.Random(0)
+    peaks = {}
+    for megabytes in (1, 5):
+        path = tmp_path / f"noblank{megabytes}.txt"
+        with path.open("w") as handle:
+            written = 0
+            while written < megabytes << 20:
+                line = " ".join(rng.choice(words) for _ in range(20)) + " .\n"
+                written += handle.write(line)
+        done = subprocess.run(
+            [sys.executable, "-c", _RSS_SCRIPT, str(path), str(tmp_path / f"out{megabytes}"),
+             str(require(VOCAB_DIR / "bert-base-uncased.txt"))],
+            capture_output=True, text=True, timeout=600, check=True,
+        )  # fmt: skip
+        split, peaks[megabytes] = map(int, done.stdout.split())
+        assert split == (1 if megabytes > 1 else 0)
+    # 4 more MB of one document: before, ~50 bytes of memory per byte of text (200 MB); now
+    # the document is cut into block-sized pieces and the peak stays put
+    assert peaks[5] - peaks[1] < 48 << 10, peaks
+
+
+def test_out_holding_files_bertcli_did_not_write_is_refused(tmp_path):
+    from bertcli.errors import UserError
+
+    tok = tokenizer_from_vocab(require(VOCAB_DIR / "bert-base-uncased.txt"))
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(require(WIKITEXT2 / "valid.txt").read_text()[:20000])
+    config = PreprocessConfig([corpus], tmp_path / "o", dupe_factor=1, workers=1)
+    final = Path(preprocess(config, tok).directory)
+    preprocess(config, tok)  # our own shards: replaced
+    (final / "notes.md").write_text("mine")
+    with pytest.raises(UserError, match="holds files bertcli did not write"):
+        preprocess(config, tok)
+    assert (final / "notes.md").read_text() == "mine"

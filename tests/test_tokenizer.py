@@ -265,3 +265,14 @@ def test_unigram_too_small_states_the_true_minimum(tmp_path, small_corpus, langu
     pieces = tok.tokenizer.get_vocab()
     singles = [p for p in pieces if len(p) == 1]
     assert len(singles) == chars and minimum == chars + len(SPECIAL_TOKENS) + 1
+
+
+@pytest.mark.parametrize("data", [b"abc", b"\x11", b"\x0a\x05\x15\x00", b"\xff" * 12])
+def test_truncated_sentencepiece_model_is_one_line(tmp_path, invoke, data):
+    path = tmp_path / "tiny.model"
+    path.write_bytes(data)  # 3 bytes: a field tag promising a double that is not there
+    with pytest.raises(UserError, match="--sentencepiece-model"):
+        tokenizer_from_sentencepiece(path)
+    result = invoke("build-tokenizer", "--sentencepiece-model", path, "--out", tmp_path / "t")
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert result.stderr.strip().startswith("error: --sentencepiece-model")

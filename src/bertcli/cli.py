@@ -450,7 +450,9 @@ def _download_wikipedia(
     )
     line = (
         f"wikipedia: {result.articles} articles ({result.redirects} redirects, "
-        f"{result.other_namespaces} other pages skipped) in {len(result.parts)} part(s) "
+        f"{result.other_namespaces} other pages skipped"
+        + (f", {result.too_large} pages too large skipped" if result.too_large else "")
+        + f") in {len(result.parts)} part(s) "
         f"in {result.directory}, {result.seconds:.1f} s"
         + (" (already complete)" if result.skipped else "")
     )
@@ -560,6 +562,8 @@ def preprocess(
         eval_fraction=eval_fraction,
         nsp=nsp,
     )
+    from bertcli.data.corpus import MAX_DOCUMENT_CHARS
+
     reporter = make_reporter(json_output)
     result = run_preprocess(config, tok, reporter)
     if result.skipped_documents:
@@ -576,6 +580,12 @@ def preprocess(
         reporter.log(
             f"warning: skipped {result.bad_json_lines} lines that are not a JSON object with a "
             'string "text" field'
+        )
+    if result.split_documents:
+        reporter.log(
+            f"warning: {result.split_documents} documents are longer than "
+            f"{MAX_DOCUMENT_CHARS:,} characters (no blank line or title ends them): each was "
+            "cut into documents of about that size at sentence boundaries"
         )
     _report(
         asdict(result),

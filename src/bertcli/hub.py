@@ -23,6 +23,7 @@ from typing import Any
 
 from bertcli.console import Reporter
 from bertcli.errors import UserError
+from bertcli.remote import warn_plain_http
 
 CONFIG_FILE = "config.json"
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # first one the repo has
@@ -42,8 +43,16 @@ KNOWN_MODELS: dict[str, tuple[str, str]] = {
     "bert-base-multilingual-uncased": ("672 MB", "BERT-base (167M), 102 languages, uncased"),
 }
 
-# What the Hub accepts as a repo id: one optional namespace, then a name.
-_REPO_ID = re.compile(r"^(?:[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/)?[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
+# What the Hub accepts as a repo id (huggingface_hub's validate_repo_id): one optional namespace,
+# then a name; each starts with a letter or digit and ends with a word character, no `--` or
+# `..`, and the name does not end in `.git`.
+_PART = r"[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,94}[A-Za-z0-9_])?"
+_REPO_ID = re.compile(rf"^(?:{_PART}/)?{_PART}$")
+# A revision is a 40-hex commit or a git ref name (git check-ref-format): huggingface_hub writes
+# `refs/<revision>` in the cache as a path, so `..`, a leading `/` or a `.`-component would
+# point outside it.
+_COMMIT = re.compile(r"[0-9a-f]{40}")
+_REF_FORBIDDEN = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]|\.\.|@\{|//")
 
 
 @dataclass
@@ -61,7 +70,32 @@ def is_model_name(value: str) -> bool:
     """A known checkpoint name or an `org/name` repo id (callers check local paths first)."""
     if value in KNOWN_MODELS:
         return True
-    return "/" in value and bool(_REPO_ID.match(value)) and ".." not in value
+    return (
+        "/" in value
+        and bool(_REPO_ID.match(value))
+        and ".." not in value
+        and "--" not in value
+        and not value.endswith(".git")
+    )
+
+
+def check_revision(revision: str) -> None:
+    """Refuse a `--revision` that is neither a commit nor a valid git ref name."""
+    if _COMMIT.fullmatch(revision):
+        return
+    parts = revision.split("/")
+    bad = (
+        not revision
+        or revision == "@"
+        or _REF_FORBIDDEN.search(revision) is not None
+        or revision.endswith((".", "/"))
+        or any(not p or p.startswith(".") or p.endswith(".lock") for p in parts)
+    )
+    if bad:
+        raise UserError(
+            f"--revision {revision!r} is not a commit (40 hex digits) or a git branch/tag name "
+            "(no '..', no leading '/' or '.', no spaces or ~^:?*[\\)"
+        )
 
 
 def known_names() -> str:
@@ -153,6 +187,7 @@ def _get(
         EntryNotFoundError,
         GatedRepoError,
         HfHubHTTPError,
+        HFValidationError,
         LocalEntryNotFoundError,
         RepositoryNotFoundError,
         RevisionNotFoundError,
@@ -204,6 +239,8 @@ def _get(
         raise UserError(f"{name}: no revision {revision!r} on the Hub") from None
     except EntryNotFoundError:
         raise
+    except HFValidationError as exc:  # what our own checks did not foresee
+        raise UserError(f"{name}: not a valid repo id or revision ({exc})") from None
     except HfHubHTTPError as exc:
         status = exc.response.status_code if exc.response is not None else "?"
         raise UserError(f"{name}: the Hub answered HTTP {status} for {filename}") from None
@@ -240,6 +277,10 @@ def fetch_model(
 
     reporter = reporter or Reporter()
     check_model_name(name)
+    if revision is not None:
+        check_revision(revision)
+    if not local_only:
+        warn_plain_http(_endpoint(), reporter, "HF_ENDPOINT")
     config = _get(name, CONFIG_FILE, revision, reporter, local_only)
     model_type = _model_type(config, name)
     if model_type != "bert":

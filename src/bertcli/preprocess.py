@@ -68,6 +68,7 @@ class PreprocessResult:
     invalid_utf8_lines: int = 0
     bad_json_lines: int = 0
     random_next_fraction: float = 0.0
+    split_documents: int = 0  # longer than corpus.MAX_DOCUMENT_CHARS: cut into several
 
 
 # ---- one block, in a worker ------------------------------------------------------------------
@@ -298,6 +299,7 @@ def preprocess(
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a directory")
     final = out / config.subdir_name(tokenizer.lowercase)
+    refuse_foreign_directory(final)
     with writing(final, what="the shards"), atomic_directory(final) as tmp:
         result = _run(config, tokenizer, spec, files, tmp, reporter)
         result.directory = str(final)
@@ -305,6 +307,28 @@ def preprocess(
             json.dumps({"config": _jsonable(config), "result": asdict(result)}, indent=2) + "\n"
         )
     return result
+
+
+def refuse_foreign_directory(final: Path) -> None:
+    """UserError unless `final` is absent or holds only what preprocess writes (`*.hdf5`,
+    `eval/*.hdf5`, `preprocess.json`): it is replaced whole, so nothing else may be in it."""
+    if not final.exists():
+        return
+    if not final.is_dir():
+        raise UserError(f"--out: {final} exists and is not a directory")
+    def shards_only(directory: Path, top: bool) -> bool:
+        return all(
+            (e.name.endswith(".hdf5") and e.is_file() and not e.is_symlink())
+            or (top and e.name == "preprocess.json")
+            or (top and e.name == "eval" and e.is_dir() and shards_only(e, False))
+            for e in directory.iterdir()
+        )
+
+    if not shards_only(final, True):
+        raise UserError(
+            f"--out: {final} exists and holds files bertcli did not write; it would be replaced "
+            "whole: move it or choose another --out"
+        )
 
 
 def _jsonable(config: PreprocessConfig) -> dict:
@@ -398,6 +422,7 @@ def _finish(result: PreprocessResult, stats: CorpusStats, writers, random_next: 
     result.sentences = stats.sentences
     result.invalid_utf8_lines = stats.invalid_utf8_lines
     result.bad_json_lines = stats.bad_json_lines
+    result.split_documents = stats.split_documents
     result.train_shards, result.train_examples = writers["train"].shards, writers["train"].examples
     result.eval_shards, result.eval_examples = writers["eval"].shards, writers["eval"].examples
     total = result.train_examples + result.eval_examples

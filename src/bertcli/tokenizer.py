@@ -334,6 +334,8 @@ def read_sentencepiece_model(path: str | Path) -> tuple[list[tuple[str, float, i
     ModelProto: 1 = repeated SentencePiece {1 piece, 2 score, 3 type}, 2 = TrainerSpec {3 type}.
     Piece types: 1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte.
     """
+    import struct  # its error is what a truncated fixed-width field raises
+
     path = Path(path)
     if not path.is_file():
         raise UserError(f"--sentencepiece-model: no such file {path}")
@@ -357,7 +359,7 @@ def read_sentencepiece_model(path: str | Path) -> tuple[list[tuple[str, float, i
                 for f, w, v in _protobuf_fields(value):  # type: ignore[arg-type]
                     if f == 3 and w == 0:
                         model_type = int(v)  # type: ignore[arg-type]
-    except (ValueError, UnicodeDecodeError, IndexError) as exc:
+    except (ValueError, UnicodeDecodeError, IndexError, struct.error, OverflowError) as exc:
         raise UserError(
             f"--sentencepiece-model: {path} is not a readable SentencePiece model ({exc})"
         ) from None

@@ -16,7 +16,6 @@ import json
 import os
 import re
 import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from typing import Any
 from bertcli.console import Reporter
 from bertcli.download import TransientError, fetch
 from bertcli.errors import UserError
+from bertcli.remote import read_capped
 
 DUMP_SERVER = "https://dumps.wikimedia.org"
 MIRRORS = (DUMP_SERVER, "https://ftp.acc.umu.se/mirror/wikimedia.org/dumps")
@@ -79,10 +79,8 @@ def wiki_db(lang: str) -> str:
     return lang.replace("-", "_") + "wiki"
 
 
-def _get(url: str, timeout: float) -> bytes:
-    request = urllib.request.Request(url, headers={"User-Agent": "bertcli"})
-    with urllib.request.urlopen(request, timeout=timeout) as response:
-        return response.read()
+def _get(url: str, timeout: float, what: str) -> bytes:
+    return read_capped(url, timeout, what)
 
 
 def natural(name: str) -> list[Any]:
@@ -90,34 +88,100 @@ def natural(name: str) -> list[Any]:
     return [int(s) if s.isdigit() else s for s in re.split(r"(\d+)", name)]
 
 
-def _job_files(status: dict) -> tuple[str, list[dict]] | None:
-    """The first finished job of JOBS with its dump files (name + published metadata)."""
-    jobs = status.get("jobs", {}) if isinstance(status, dict) else {}
+def dump_file_name(name: Any, db: str, date: str, where: str) -> str:
+    """`name` if it is a plain file name of this dump (`{db}-{date}-pages-articles…`), else
+    UserError: the mirror names the file we write, so it must not pick a path."""
+    if not isinstance(name, str):
+        raise UserError(f"{where}: a file name is {type(name).__name__}, not a string")
+    plain = (
+        name == Path(name).name
+        and name not in ("", ".", "..")
+        and not any(c in name for c in "/\\\0")
+        and ".." not in name
+    )
+    if not plain or not _DUMP_FILE.fullmatch(name) or not name.startswith(f"{db}-{date}-"):
+        raise UserError(
+            f"{where}: refusing the file name {name!r}: not a plain "
+            f"{db}-{date}-pages-articles… dump file name"
+        )
+    return name
+
+
+# The names Wikimedia gives pages-articles files: one file, or numbered (multistream) parts.
+_DUMP_FILE = re.compile(
+    r"[a-z0-9_]+-\d{8}-pages-articles(?:-multistream)?\d*\.xml(?:-p\d+p\d+)?(?:\.bz2|\.gz)?"
+)
+
+
+def _job_files(status: Any, db: str, date: str, where: str) -> tuple[str, list[dict]] | None:
+    """The first finished job of JOBS with its dump files (name + published metadata).
+
+    A dumpstatus.json of the wrong shape is one UserError naming the field, not a traceback."""
+    if not isinstance(status, dict):
+        raise UserError(f"{where}: expected a JSON object, got {type(status).__name__}")
+    jobs = status.get("jobs", {})
+    if not isinstance(jobs, dict):
+        raise UserError(f"{where}: 'jobs' is {type(jobs).__name__}, not an object")
     for job in JOBS:
         info = jobs.get(job) or {}
+        if not isinstance(info, dict):
+            raise UserError(f"{where}: jobs.{job} is {type(info).__name__}, not an object")
         if info.get("status") != "done":
             continue
-        files = [
-            {"name": name, **(meta or {})}
-            for name, meta in sorted((info.get("files") or {}).items(), key=lambda i: natural(i[0]))
-            if ".xml" in name  # the multistream job also lists its -index.txt files
-        ]
+        listed = info.get("files") or {}
+        if not isinstance(listed, dict):
+            raise UserError(f"{where}: jobs.{job}.files is {type(listed).__name__}, not an object")
+        files = []
+        for name, meta in sorted(listed.items(), key=lambda i: natural(i[0])):
+            if ".xml" not in name:
+                continue  # the multistream job also lists its -index.txt files
+            field_at = f"{where}: jobs.{job}.files[{name!r}]"
+            dump_file_name(name, db, date, where)
+            meta = meta or {}
+            if not isinstance(meta, dict):
+                raise UserError(f"{field_at} is {type(meta).__name__}, not an object")
+            sha1, size = meta.get("sha1"), meta.get("size")
+            if sha1 is not None and not (isinstance(sha1, str) and _SHA1.fullmatch(sha1.lower())):
+                raise UserError(f"{field_at}.sha1 is not 40 hexadecimal digits: {sha1!r:.60}")
+            if size is not None and (type(size) is not int or size < 0):
+                raise UserError(f"{field_at}.size is not a byte count: {size!r:.60}")
+            files.append({"name": name, "sha1": sha1, "size": size})
         if files:
             return job, files
     return None
 
 
-def _sha1sums(db: str, date: str, base: str, timeout: float) -> dict[str, str]:
+_SHA1 = re.compile(r"[0-9a-f]{40}")
+
+
+def parse_dumpstatus(raw: bytes, db: str, date: str, where: str) -> tuple[str, list[dict]] | None:
+    """The finished job and its files from a dumpstatus.json's bytes (None: not finished), or
+    UserError for anything that is not the JSON shape Wikimedia serves."""
     try:
-        text = _get(f"{base}/{db}/{date}/{db}-{date}-sha1sums.txt", timeout).decode()
-    except (urllib.error.URLError, OSError):
-        return {}
+        status = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise UserError(f"{where} is not JSON") from None
+    return _job_files(status, db, date, where)
+
+
+def parse_sha1sums(text: str) -> dict[str, str]:
+    """`SUM  NAME` lines → {NAME: SUM}; other lines are ignored. The names only look up files
+    dumpstatus.json listed (and `dump_file_name` accepted), so they never name a path."""
     sums = {}
     for line in text.splitlines():
         parts = line.split()
-        if len(parts) == 2 and re.fullmatch(r"[0-9a-f]{40}", parts[0]):
+        if len(parts) == 2 and _SHA1.fullmatch(parts[0]):
             sums[parts[1].lstrip("*")] = parts[0]
     return sums
+
+
+def _sha1sums(db: str, date: str, base: str, timeout: float) -> dict[str, str]:
+    url = f"{base}/{db}/{date}/{db}-{date}-sha1sums.txt"
+    try:
+        text = _get(url, timeout, "the sha1 list").decode("utf-8", errors="replace")
+    except (urllib.error.URLError, OSError):
+        return {}
+    return parse_sha1sums(text)
 
 
 def find_dump(lang: str, date: str | None, base: str, timeout: float = 30.0) -> Dump:
@@ -130,22 +194,23 @@ def find_dump(lang: str, date: str | None, base: str, timeout: float = 30.0) -> 
         dates = [date]
     else:
         try:
-            index = _get(f"{base}/{db}/", timeout).decode("utf-8", errors="replace")
+            index = _get(f"{base}/{db}/", timeout, "the dump index").decode(
+                "utf-8", errors="replace"
+            )
         except urllib.error.HTTPError as exc:
             raise UserError(f"{base}/{db}/: HTTP {exc.code}; is {base} a dump server?") from None
         dates = sorted(set(re.findall(r'href="(\d{8})/?"', index)), reverse=True)[:DATES_TRIED]
         if not dates:
             raise UserError(f"{base}/{db}/ lists no dump dates")
     for day in dates:
+        where = f"{base}/{db}/{day}/dumpstatus.json"
         try:
-            status = json.loads(_get(f"{base}/{db}/{day}/dumpstatus.json", timeout))
+            raw = _get(where, timeout, "dumpstatus.json")
         except urllib.error.HTTPError as exc:
             if exc.code == 404 and date is None:
                 continue
-            raise UserError(f"{base}/{db}/{day}/dumpstatus.json: HTTP {exc.code}") from None
-        except ValueError:
-            raise UserError(f"{base}/{db}/{day}/dumpstatus.json is not JSON") from None
-        found = _job_files(status)
+            raise UserError(f"{where}: HTTP {exc.code}") from None
+        found = parse_dumpstatus(raw, db, day, where)
         if found is None:
             if date is not None and date != "latest":
                 raise UserError(f"{db} {day}: the pages-articles dump is not finished")
@@ -158,9 +223,7 @@ def find_dump(lang: str, date: str | None, base: str, timeout: float = 30.0) -> 
             if not sha1:
                 raise UserError(f"{f['name']}: no published sha1 (dumpstatus.json, sha1sums.txt)")
             size = f.get("size")
-            out.append(
-                DumpFile(f["name"], f"{base}/{db}/{day}/{f['name']}", sha1.lower(), size)
-            )
+            out.append(DumpFile(f["name"], f"{base}/{db}/{day}/{f['name']}", sha1.lower(), size))
         return Dump(db, day, base, job, tuple(out))
     raise UserError(f"no finished pages-articles dump of {db} among {', '.join(dates)} at {base}")
 
@@ -187,8 +250,11 @@ def fetch_dump(
     for f in dump.files:
         final = directory / f.name
         if final.is_file() and (f.size is None or final.stat().st_size == f.size):
-            paths.append(final)  # only ever renamed into place after its sha1 matched
-            continue
+            # the size alone proves nothing (a file replaced since, or damaged on disk)
+            reporter.log(f"checking sha1 of {f.name} (already downloaded)")
+            if sha1_file(final) == f.sha1:
+                paths.append(final)
+                continue
         part = directory / f".{f.name}.part"
         try:
             fetch(f.url, part, reporter, retries=retries, backoff=backoff, timeout=timeout)

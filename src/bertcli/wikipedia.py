@@ -1,10 +1,11 @@
 """Wikipedia XML dumps → JSON lines of plain article text (the WikiExtractor `--json` format).
 
 `extract(inputs, out)` streams each dump (`.xml`, `.xml.bz2` incl. multistream, `.xml.gz`)
-through `xml.etree.ElementTree.iterparse` (expat honours the encoding the XML declaration
-states), keeps main-namespace pages that are not redirects, and cleans their wikitext in
-`workers` processes fed by one reader through a bounded queue, so memory stays flat however
-large the dump is. Given at least `workers` dump files (multistream parts), each process reads
+through expat (which honours the encoding the XML declaration states) with handlers that keep
+only a page's id, title, namespace and text, each capped at `MAX_PAGE_BYTES` (a larger page is
+skipped and counted, its text dropped as it arrives), keeps main-namespace pages that are not
+redirects, and cleans their wikitext in `workers` processes fed by one reader through a
+bounded queue, so memory stays flat however large the dump is. Given at least `workers` dump files (multistream parts), each process reads
 and cleans whole files instead, so the one reader's bz2 + XML speed is no longer the limit.
 
 Cleaning: a linear brace scan drops templates `{{…}}` and tables `{|…|}` and regexes drop
@@ -34,6 +35,7 @@ from concurrent.futures import FIRST_EXCEPTION, Future, ProcessPoolExecutor, wai
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
+from xml.parsers import expat
 
 import mwparserfromhell
 from mwparserfromhell import nodes
@@ -41,6 +43,7 @@ from mwparserfromhell import nodes
 from bertcli.atomic import atomic_directory
 from bertcli.console import Reporter
 from bertcli.errors import UserError
+from bertcli.remote import warn_plain_http
 from bertcli.wikidump import LANGUAGES, MIRRORS, fetch_dump, find_dump, natural
 
 MARKER = ".bertcli-download.json"
@@ -116,6 +119,7 @@ class ExtractResult:
     articles: int = 0
     redirects: int = 0
     other_namespaces: int = 0
+    too_large: int = 0  # pages above MAX_PAGE_BYTES, skipped
     bytes_read: int = 0
     seconds: float = 0.0
     parts: list[str] = field(default_factory=list)
@@ -339,48 +343,106 @@ class _Page:
     ns: str
     redirect: bool
     text: str
+    too_large: bool = False
 
 
-def iter_pages(stream: IO[bytes], sites: list[Site]) -> Iterator[_Page]:
+# MediaWiki refuses a revision above $wgMaxArticleSize, 2 MiB by default (Wikipedia's setting);
+# a page eight times that is no article, and holding it would let a tiny .bz2 name our memory.
+MAX_PAGE_BYTES = 16 << 20
+_READ_CHUNK = 1 << 16
+_FIELDS = {("page", "id"), ("page", "title"), ("page", "ns"), ("revision", "text")}
+
+
+class _PageCollector:
+    """expat handlers that keep only what a page needs: its id, title, ns, redirect flag and
+    text, each capped at `cap` characters. Past the cap the text is dropped as it arrives (the
+    page is marked too large), so memory stays flat whatever one element holds."""
+
+    def __init__(self, cap: int):
+        self.cap = cap
+        self.stack: list[str] = []
+        self.pages: deque[_Page] = deque()
+        self.sites: list[Site] = []
+        self.base = "https://en.wikipedia.org/wiki"
+        self.drop = {"file", "image", "category", "media"}
+        self.ns_key: str | None = None
+        self.capture: list[str] | None = None
+        self.size = 0
+        self.over = False
+        self.page: dict[str, Any] = {}
+
+    def start(self, tag: str, attrs: dict[str, str]) -> None:
+        name = _local(tag)
+        parent = self.stack[-1] if self.stack else ""
+        self.stack.append(name)
+        if name == "page":
+            self.page = {"id": "", "title": "", "ns": "0", "text": "", "redirect": False}
+            self.over = False
+        elif name == "redirect" and parent == "page":
+            self.page["redirect"] = True
+        elif (parent, name) in _FIELDS or (parent, name) == ("siteinfo", "base"):
+            self.capture, self.size = [], 0
+        elif name == "namespace" and parent == "namespaces":
+            self.ns_key = attrs.get("key")
+            self.capture, self.size = [], 0
+
+    def data(self, text: str) -> None:
+        if self.capture is None:
+            return
+        self.size += len(text)
+        if self.size > self.cap:
+            self.capture.clear()  # nothing of an oversized element is kept
+            self.over = True
+        else:
+            self.capture.append(text)
+
+    def end(self, tag: str) -> None:
+        name = self.stack.pop()
+        parent = self.stack[-1] if self.stack else ""
+        if self.capture is not None:
+            value, self.capture = "".join(self.capture), None
+            if (parent, name) in _FIELDS:
+                self.page[name] = value
+            elif name == "base":
+                self.base = value.rsplit("/", 1)[0] if value else self.base
+            elif name == "namespace" and self.ns_key in ("-2", "6", "14") and value:
+                self.drop.add(value.strip().lower())
+        if name == "siteinfo":
+            self.sites.append(Site(self.base, frozenset(self.drop)))
+        elif name == "page":
+            text = "" if self.over else self.page["text"]
+            redirect = self.page["redirect"] or bool(_REDIRECT.match(text))
+            self.pages.append(
+                _Page(self.page["id"], self.page["title"], self.page["ns"], redirect, text, self.over)
+            )
+
+
+def iter_pages(
+    stream: IO[bytes], sites: list[Site], max_page_bytes: int = MAX_PAGE_BYTES
+) -> Iterator[_Page]:
     """Pages of a MediaWiki XML export, one at a time; `sites` receives the siteinfo.
 
-    Raises ET.ParseError / EOFError / OSError where the XML or its compression is cut off."""
-    root = None
-    base = "https://en.wikipedia.org/wiki"
-    drop = {"file", "image", "category", "media"}
-    for event, elem in ET.iterparse(stream, events=("start", "end")):
-        if root is None:
-            root = elem
-            continue
-        if event != "end":
-            continue
-        tag = _local(elem.tag)
-        if tag == "siteinfo":
-            for child in elem:
-                if _local(child.tag) == "base" and child.text:
-                    base = child.text.rsplit("/", 1)[0]
-                if _local(child.tag) == "namespaces":
-                    for ns in child:
-                        if ns.get("key") in ("-2", "6", "14") and ns.text:
-                            drop.add(ns.text.strip().lower())
-            sites.append(Site(base, frozenset(drop)))
-            root.clear()
-        elif tag == "page":
-            fields = {"id": "", "title": "", "ns": "0", "text": ""}
-            redirect = False
-            for child in elem:
-                name = _local(child.tag)
-                if name in ("id", "title", "ns"):
-                    fields[name] = child.text or ""
-                elif name == "redirect":
-                    redirect = True
-                elif name == "revision":
-                    for part in child:
-                        if _local(part.tag) == "text":
-                            fields["text"] = part.text or ""
-            root.clear()  # flat memory: drop the page once read
-            redirect = redirect or bool(_REDIRECT.match(fields["text"]))
-            yield _Page(fields["id"], fields["title"], fields["ns"], redirect, fields["text"])
+    A page whose text (or title) passes `max_page_bytes` characters comes with `too_large` set
+    and no text. Raises ET.ParseError / EOFError / OSError where the XML or its compression is
+    cut off."""
+    collector = _PageCollector(max_page_bytes)
+    parser = expat.ParserCreate(namespace_separator="}")
+    parser.buffer_text = True  # one data call per text run, not per line
+    parser.StartElementHandler = collector.start
+    parser.EndElementHandler = collector.end
+    parser.CharacterDataHandler = collector.data
+    done = False
+    try:
+        while not done:
+            chunk = stream.read(_READ_CHUNK)
+            done = not chunk
+            parser.Parse(chunk, done)
+            if collector.sites and not sites:
+                sites.extend(collector.sites)
+            while collector.pages:
+                yield collector.pages.popleft()
+    except expat.ExpatError as exc:
+        raise ET.ParseError(expat.ErrorString(exc.code) + f": line {exc.lineno}") from None
 
 
 # ---------------------------------------------------------------------------- writing
@@ -460,8 +522,7 @@ def extract(
     if not part_size_mb > 0:
         raise UserError(f"--part-size must be > 0 MB, got {part_size_mb}")
     files = dump_files(inputs)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} exists and is not a directory")
+    refuse_foreign_directory(out)
     result = ExtractResult(directory=str(out), files=[str(f) for f in files])
     total = sum(f.stat().st_size for f in files)
     started = time.perf_counter()
@@ -582,7 +643,14 @@ def _extract_files_in_parallel(
                 break
         for i, future in enumerate(futures):
             part = future.result()  # re-raises a worker's error here
-            for field_name in ("pages", "articles", "redirects", "other_namespaces", "bytes_read"):
+            for field_name in (
+                "pages",
+                "articles",
+                "redirects",
+                "other_namespaces",
+                "too_large",
+                "bytes_read",
+            ):
                 setattr(result, field_name, getattr(result, field_name) + getattr(part, field_name))
             result.cut.extend(part.cut)
             for name in part.parts:
@@ -627,7 +695,9 @@ def _extract_file(
     try:
         for page in iter_pages(stream, sites):
             result.pages += 1
-            if page.redirect:
+            if page.too_large:
+                result.too_large += 1
+            elif page.redirect:
                 result.redirects += 1
             elif page.ns.strip() != "0":
                 result.other_namespaces += 1
@@ -666,6 +736,39 @@ def _extract_file(
     return done_bytes + counter.count
 
 
+_PART = re.compile(r"wiki_\d{5,}\.jsonl")
+
+
+def is_extraction(directory: Path) -> bool:
+    """Whether `directory` is bertcli's own extraction output, which a new one may replace: it
+    holds nothing but `wiki_NNNNN.jsonl` parts and, if any, our marker (written inside the
+    directory before it took its final name; versions before it wrote none) naming wikipedia."""
+    names = [e.name for e in directory.iterdir()]
+    if not all(_PART.fullmatch(n) or n == MARKER for n in names):
+        return False  # something of the user's would go with the directory
+    if MARKER not in names:
+        return bool(names)
+    try:
+        marker = json.loads((directory / MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(marker, dict) and marker.get("name") == "wikipedia"
+
+
+def refuse_foreign_directory(out: Path) -> None:
+    """UserError unless `out` is absent, empty or an earlier extraction: the extraction replaces
+    the whole directory, and a user's own directory must never be swapped away."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise UserError(f"--out {out} exists and is not a directory")
+    if any(out.iterdir()) and not is_extraction(out):
+        raise UserError(
+            f"--out {out} is not empty and not an earlier Wikipedia extraction; it would be "
+            "replaced whole: choose a new or empty directory"
+        )
+
+
 def _completed(out: Path, source: dict[str, Any]) -> ExtractResult | None:
     """The recorded result if `out` holds a complete extraction of the same dump files."""
     try:
@@ -701,12 +804,15 @@ def download_wikipedia(
     text). A dump cut off (or damaged) raises UserError after the articles before the cut are
     in place."""
     reporter = reporter or Reporter()
+    refuse_foreign_directory(out)  # before fetching gigabytes
     source: dict[str, Any]
     if inputs:
         if date is not None or url is not None:
             raise UserError("--input extracts a dump on disk; drop --date/--url")
         files, source = list(inputs), {"input": [str(p) for p in inputs]}
     else:
+        if url:
+            warn_plain_http(url, reporter, "--url")
         dump = None
         errors = []
         for base in (url,) if url else MIRRORS:

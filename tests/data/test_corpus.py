@@ -83,3 +83,31 @@ def test_jsonl_bom_keeps_the_first_record(tmp_path):
 def test_text_bom_is_not_part_of_the_first_sentence(tmp_path):
     (tmp_path / "t.txt").write_bytes("\ufeffFirst line .\nSecond line .\n".encode())
     assert list(read_documents([tmp_path / "t.txt"], "text")) == [["First line .", "Second line ."]]
+
+
+def test_a_document_without_an_end_is_cut_at_sentence_boundaries(tmp_path, monkeypatch):
+    import bertcli.data.corpus as corpus
+
+    monkeypatch.setattr(corpus, "MAX_DOCUMENT_CHARS", 100)
+    sentences = [f"Sentence number {i} is here." for i in range(40)]  # 26-27 chars each
+    path = tmp_path / "c.txt"
+    path.write_text("\n".join(sentences) + "\n\nA short one.\nAnd another.\n")
+    stats = corpus.CorpusStats()
+    docs = list(corpus.read_documents([path], "text", stats))
+    assert [s for d in docs[:-1] for s in d] == sentences  # nothing lost, order kept
+    assert all(sum(map(len, d)) < 100 + 27 for d in docs[:-1])  # cut once past the cap
+    assert docs[-1] == ["A short one.", "And another."]  # an ordinary document, untouched
+    assert stats.split_documents == 1 and stats.documents == len(docs)
+
+    wiki = tmp_path / "w.txt"
+    wiki.write_text(" = Title = \n" + " ".join(sentences) + "\n = Next = \n Short text . \n")
+    stats = corpus.CorpusStats()
+    docs = list(corpus.read_documents([wiki], "wikitext", stats))
+    assert stats.split_documents == 1 and docs[-1] == ["Short text ."]
+
+    record = json.dumps({"text": " ".join(sentences)})
+    jsonl = tmp_path / "j.jsonl"
+    jsonl.write_text(record + "\n" + json.dumps({"text": "Tiny."}) + "\n")
+    stats = corpus.CorpusStats()
+    docs = list(corpus.read_documents([jsonl], "jsonl", stats))
+    assert stats.split_documents == 1 and docs[-1] == ["Tiny."] and len(docs) > 3

@@ -10,6 +10,7 @@ import pytest
 
 from bertcli.data.datasets import PreprocessedDataset
 from bertcli.data.shards import (
+    DTYPES,
     KEYS,
     ShardArrays,
     check_header,
@@ -256,3 +257,41 @@ def test_preprocess_writes_the_tokenizer_vocabulary_into_every_header(tmp_path):
             assert int(f.attrs["vocab_size"]) == tok.vocab_size == 600
         read_shard(path, vocab_size=600)  # our own output passes every value check
     assert result.train_shards >= 2
+
+
+@pytest.mark.parametrize(
+    ("shape", "match"),
+    [
+        ((10**12, 128), "declares .* bytes of data, more than a"),
+        ((1000, 10**6), "sequences of 1,000,000 tokens"),
+    ],
+)
+def test_a_header_declaring_more_than_the_file_holds_is_refused(tmp_path, shape, match):
+    path = tmp_path / "lie.hdf5"
+    n, seq = shape
+    with h5py.File(path, "w") as f:  # nothing written: the header alone declares the sizes
+        for key in ("input_ids", "input_mask", "segment_ids"):
+            f.create_dataset(key, shape=(n, seq), dtype="i4", chunks=(1, min(seq, 128)))
+        for key in ("masked_lm_positions", "masked_lm_ids"):
+            f.create_dataset(key, shape=(n, 20), dtype="i4", chunks=(1, 20))
+        f.create_dataset("next_sentence_labels", shape=(n,), dtype="i1", chunks=(1,))
+    assert path.stat().st_size < 1 << 20
+    with pytest.raises(UserError, match=match):
+        read_shard(path)  # before: MemoryError allocating 512 TB
+    with pytest.raises(UserError, match=match):
+        shard_length(path)
+
+
+def test_real_shards_pass_the_size_check(tmp_path):
+    """Zeros compress best: a shard of all-padding rows is still far below deflate's limit."""
+    path = tmp_path / "zeros.hdf5"
+    rows = 4096
+    arrays = {
+        key: np.zeros((rows, 128) if key in ("input_ids", "input_mask", "segment_ids") else (
+            (rows, 20) if key.startswith("masked") else (rows,)), dtype=DTYPES[key])
+        for key in KEYS
+    }  # fmt: skip
+    with h5py.File(path, "w") as f:
+        for key, data in arrays.items():
+            f.create_dataset(key, data=data, compression="gzip", compression_opts=9)
+    assert shard_length(path) == (rows, 128, 20)

@@ -40,6 +40,12 @@ _BOM = "\ufeff"
 # A line is read whole (a sentence, or a JSON record): longer ones are refused, never read into
 # memory, so a huge file without newlines cannot exhaust it.
 MAX_LINE_BYTES = 16 << 20
+# A document is held whole until it ends, so one without an end (a file without blank lines,
+# a WikiText article without a next title) is cut into documents of about this many characters,
+# at sentence boundaries, as google-research/bert's reader would see blank lines there. Real
+# articles are far shorter (Wikipedia's longest are a few hundred kB), so ordinary corpora read
+# exactly as before; `CorpusStats.split_documents` counts the documents cut.
+MAX_DOCUMENT_CHARS = 1 << 20
 
 _WIKI_TITLE = re.compile(r"^ ?= [^=].* = ?$")
 _WIKI_HEADING = re.compile(r"^ ?(= ){2,}.*( =){2,} ?$")
@@ -61,6 +67,38 @@ class CorpusStats:
     sentences: int = 0
     invalid_utf8_lines: int = 0
     bad_json_lines: int = 0
+    split_documents: int = 0  # longer than MAX_DOCUMENT_CHARS: cut into several
+
+
+class _DocumentBuffer:
+    """Sentences of the document being read; hands out a piece once it reaches the cap."""
+
+    def __init__(self, stats: CorpusStats):
+        self.stats = stats
+        self.sentences: list[str] = []
+        self.chars = 0
+        self.cut = False  # the current document was cut already (count it once)
+
+    def add(self, sentences: Iterable[str]) -> Iterator[list[str]]:
+        """Append; yields full pieces of a document past MAX_DOCUMENT_CHARS."""
+        for sentence in sentences:
+            self.sentences.append(sentence)
+            self.chars += len(sentence)
+            if self.chars >= MAX_DOCUMENT_CHARS:
+                if not self.cut:
+                    self.stats.split_documents += 1
+                    self.cut = True
+                yield self.take()
+
+    def take(self) -> list[str]:
+        doc, self.sentences, self.chars = self.sentences, [], 0
+        return doc
+
+    def end(self) -> Iterator[list[str]]:
+        """The document ended: its (last) piece, if any."""
+        if self.sentences:
+            yield self.take()
+        self.cut = False
 
 
 def split_sentences(paragraph: str) -> list[str]:
@@ -184,34 +222,29 @@ def read_lines(path: Path, stats: CorpusStats) -> Iterator[str]:
 
 
 def _text_documents(path: Path, stats: CorpusStats) -> Iterator[list[str]]:
-    doc: list[str] = []
+    doc = _DocumentBuffer(stats)
     for line in read_lines(path, stats):
         line = line.strip()
         if line:
-            doc.append(line)
-        elif doc:
-            yield doc
-            doc = []
-    if doc:
-        yield doc
+            yield from doc.add((line,))
+        else:
+            yield from doc.end()
+    yield from doc.end()
 
 
 def _wikitext_documents(path: Path, stats: CorpusStats, split: bool = True) -> Iterator[list[str]]:
-    doc: list[str] = []
+    doc = _DocumentBuffer(stats)
     for line in read_lines(path, stats):
         if _WIKI_HEADING.match(line):
             continue
         if _WIKI_TITLE.match(line):
-            if doc:
-                yield doc
-            doc = []
+            yield from doc.end()
             continue
         text = line.strip()
         if text:
             text = text.replace("<unk>", "[UNK]")
-            doc.extend(split_sentences(text) if split else [text])
-    if doc:
-        yield doc
+            yield from doc.add(split_sentences(text) if split else [text])
+    yield from doc.end()
 
 
 def _jsonl_documents(path: Path, stats: CorpusStats, split: bool = True) -> Iterator[list[str]]:
@@ -230,9 +263,10 @@ def _jsonl_documents(path: Path, stats: CorpusStats, split: bool = True) -> Iter
         title = record.get("title") if isinstance(record, dict) else None
         if paragraphs and isinstance(title, str) and paragraphs[0] == title.strip():
             paragraphs = paragraphs[1:]  # wiki2019zh repeats the title as the first line
-        doc = [s for p in paragraphs for s in split_sentences(p)] if split else paragraphs
-        if doc:
-            yield doc
+        sentences = [s for p in paragraphs for s in split_sentences(p)] if split else paragraphs
+        doc = _DocumentBuffer(stats)
+        yield from doc.add(sentences)
+        yield from doc.end()
 
 
 # readers of paragraphs, which `split` turns into sentences; text has one sentence per line

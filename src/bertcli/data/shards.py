@@ -20,7 +20,9 @@ checked by value (`check_values`) when each shard is opened.
 from __future__ import annotations
 
 import zlib
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -331,7 +333,28 @@ def validate_shard(f: h5py.File, name: str) -> tuple[int, int, int]:
             f"{name}: next_sentence_labels has shape {f['next_sentence_labels'].shape}, "
             f"expected {(n,)}"
         )
+    _check_declared_size(f, name, seq, pred)
     return n, seq, pred
+
+
+# No HDF5 filter packs data tighter than deflate's limit of about 1032:1, so a header declaring
+# more than that many times the file's size is false: refuse it before anything is allocated.
+MAX_COMPRESSION = 1032
+MAX_SEQ_LENGTH = 1 << 16  # far above any BERT's position table
+
+
+def _check_declared_size(f: h5py.File, name: str, seq: int, pred: int) -> None:
+    if seq > MAX_SEQ_LENGTH:
+        raise UserError(f"{name}: input_ids declares sequences of {seq:,} tokens; not a BERT shard")
+    if pred > seq:
+        raise UserError(f"{name}: {pred:,} masked positions per sequence of {seq:,} tokens")
+    declared = sum(int(np.prod(f[key].shape, dtype=object)) * f[key].dtype.itemsize for key in KEYS)
+    size = f.id.get_filesize()
+    if declared > MAX_COMPRESSION * size + HDF5_SLACK:
+        raise UserError(
+            f"{name}: its header declares {declared:,} bytes of data, more than a "
+            f"{size:,}-byte file can hold; the shard is damaged or crafted"
+        )
 
 
 def _shape2(f: h5py.File, key: str, name: str) -> tuple[int, int]:
@@ -345,13 +368,26 @@ def open_shard(path: str | Path) -> h5py.File:
     """Open for reading with a one-line error for anything that is not HDF5."""
     try:
         return h5py.File(path, "r")
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RuntimeError) as exc:
         raise UserError(f"{path}: not a readable HDF5 shard ({exc})") from None
+
+
+@contextmanager
+def _damaged(path: str | Path) -> Iterator[None]:
+    """A file that opens as HDF5 but whose B-trees, heaps or chunks are damaged makes h5py
+    raise RuntimeError, OSError, KeyError, ValueError or TypeError: one line naming the file."""
+    try:
+        yield
+    except UserError:
+        raise
+    except (RuntimeError, OSError, KeyError, ValueError, TypeError) as exc:
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise UserError(f"{path}: damaged HDF5 shard ({reason})") from None
 
 
 def shard_length(path: str | Path) -> tuple[int, int, int]:
     """(N, max_seq, max_pred) of a shard, validated, without reading its data."""
-    with open_shard(path) as f:
+    with open_shard(path) as f, _damaged(path):
         return validate_shard(f, str(path))
 
 
@@ -360,7 +396,7 @@ def read_shard(path: str | Path, vocab_size: int | None = None) -> ShardArrays:
 
     With `vocab_size`, ids must also fit the model's embedding table.
     """
-    with open_shard(path) as f:
+    with open_shard(path) as f, _damaged(path):
         validate_shard(f, str(path))
         data = {k: np.asarray(f[k][...]) for k in KEYS}
         made_with = header_vocab_size(f)
@@ -381,7 +417,7 @@ def header_vocab_size(f: h5py.File) -> int | None:
 
 def check_header(path: str | Path, vocab_size: int) -> None:
     """Refuse, from the header alone, a shard preprocessed with a larger vocabulary."""
-    with open_shard(path) as f:
+    with open_shard(path) as f, _damaged(path):
         made_with = header_vocab_size(f)
     if made_with is not None and made_with > vocab_size:
         raise UserError(
