@@ -36,7 +36,7 @@ _bertcli() {
                 --device) COMPREPLY=($(compgen -W 'auto cpu cuda' -- "$cur")); return ;;
                 --precision) COMPREPLY=($(compgen -W 'auto fp32 bf16 fp16' -- "$cur")); return ;;
             esac
-            COMPREPLY=($(compgen -W '--checkpoint --data-text --data-preprocessed --tokenizer --batch-size --max-seq-length --masked-lm-prob --max-predictions-per-seq --whole-word-masking --no-whole-word-masking --max-batches --seed --device --precision --json --help' -- "$cur"))
+            COMPREPLY=($(compgen -W '--checkpoint --data-text --data-preprocessed --tokenizer --batch-size --max-seq-length --masked-lm-prob --max-predictions-per-seq --whole-word-masking --no-whole-word-masking --nsp --no-nsp --max-batches --seed --device --precision --json --help' -- "$cur"))
             ;;
         export-config)
             case "$prev" in

@@ -41,6 +41,8 @@ complete -c bertcli -n '__fish_seen_subcommand_from evaluate' -l masked-lm-prob 
 complete -c bertcli -n '__fish_seen_subcommand_from evaluate' -l max-predictions-per-seq -d 'Most predictions per example (text data), >= 1; e.g. 80 for 512 tokens.'
 complete -c bertcli -n '__fish_seen_subcommand_from evaluate' -l whole-word-masking -d 'Mask whole words (text data), as a model trained with it.'
 complete -c bertcli -n '__fish_seen_subcommand_from evaluate' -l no-whole-word-masking -d 'Mask whole words (text data), as a model trained with it.'
+complete -c bertcli -n '__fish_seen_subcommand_from evaluate' -l nsp -d 'Score next-sentence prediction (text data: NSP pairs) or MLM only (packed text). Default: as the checkpoint was trained; MLM only without an NSP head.'
+complete -c bertcli -n '__fish_seen_subcommand_from evaluate' -l no-nsp -d 'Score next-sentence prediction (text data: NSP pairs) or MLM only (packed text). Default: as the checkpoint was trained; MLM only without an NSP head.'
 complete -c bertcli -n '__fish_seen_subcommand_from evaluate' -l max-batches -d 'Stop after N batches (0 = all).'
 complete -c bertcli -n '__fish_seen_subcommand_from evaluate' -l seed -d 'Seed of the (static) text masks.'
 complete -c bertcli -n '__fish_seen_subcommand_from evaluate' -l device -x -a 'auto cpu cuda' -d 'auto = the local GPU if any.'

@@ -717,6 +717,13 @@ def evaluate(
     whole_word_masking: bool = typer.Option(
         False, help="Mask whole words (text data), as a model trained with it."
     ),
+    nsp: bool | None = typer.Option(
+        None,
+        "--nsp/--no-nsp",
+        help="Score next-sentence prediction (text data: NSP pairs) or MLM only (packed text). "
+        "Default: as the checkpoint was trained; MLM only without an NSP head.",
+        show_default=False,
+    ),
     max_batches: int = typer.Option(0, help="Stop after N batches (0 = all)."),
     seed: int = typer.Option(12345, help="Seed of the (static) text masks."),
     device: Device = typer.Option(Device.auto, help="auto = the local GPU if any."),
@@ -750,6 +757,7 @@ def evaluate(
             seed=seed,
             max_batches=max_batches or None,
             reporter=make_reporter(json_output) if runtime.is_main else None,
+            nsp=nsp,
         )
     finally:
         shutdown(runtime)

@@ -1,4 +1,9 @@
-"""Evaluate a model on a dataset: MLM loss / accuracy / perplexity and NSP loss / accuracy."""
+"""Evaluate a model on a dataset: MLM loss / accuracy / perplexity and NSP loss / accuracy.
+
+NSP is scored only for a model trained with it: a checkpoint without an NSP head (transformers'
+`BertForMaskedLM`, what run_mlm.py and most Hub MLMs save) or from an MLM-only run (`pretrain
+--no-nsp`, recorded in its trainer_state.json) reports no NSP keys, and `"nsp": false`.
+"""
 
 from __future__ import annotations
 
@@ -27,8 +32,10 @@ def evaluate_model(
     runtime: Runtime,
     max_batches: int | None = None,
     reporter: Reporter | None = None,
+    nsp: bool = True,
 ) -> dict[str, float | int]:
-    """Deterministic pass over `dataset` (in index order, split across ranks)."""
+    """Deterministic pass over `dataset` (in index order, split across ranks); `nsp=False`
+    leaves the NSP metrics out (an MLM-only model)."""
     was_training = model.training
     model.eval()
     indices = list(range(runtime.rank, len(dataset), runtime.world_size))
@@ -66,7 +73,7 @@ def evaluate_model(
     if runtime.distributed:
         dist.all_reduce(sums.values)
     model.train(was_training)
-    return sums.result()
+    return sums.result(nsp=nsp)
 
 
 def checkpoint_tokenizer(checkpoint: Path, tokenizer: Path | None) -> BertTokenizer:
@@ -111,9 +118,14 @@ def evaluate_checkpoint(
     max_predictions_per_seq: int = 20,
     whole_word_masking: bool = False,
     reporter: Reporter | None = None,
-) -> dict[str, float | int]:
+    nsp: bool | None = None,
+) -> dict[str, float | int | bool]:
     """Load any bertcli or transformers BERT directory, or a published checkpoint by name
-    (fetched into the Hugging Face cache on first use), and evaluate it."""
+    (fetched into the Hugging Face cache on first use), and evaluate it.
+
+    `nsp` None: the checkpoint's mode (see `checkpoint_nsp`); False scores MLM only, on packed
+    text for text data, as `pretrain --no-nsp` trains.
+    """
     from bertcli.hub import resolve_model
 
     if batch_size < 1:
@@ -122,7 +134,8 @@ def evaluate_checkpoint(
         raise UserError("give exactly one of --data-text PATH or --data-preprocessed DIR")
     name = str(checkpoint)
     checkpoint = resolve_model(name, "--checkpoint", runtime, reporter)
-    model = load_pretrained(checkpoint).to(runtime.device)
+    model = load_pretrained(checkpoint, allow_missing_heads=True).to(runtime.device)
+    nsp = checkpoint_nsp(checkpoint, model.fresh_heads, name, nsp)
     config = model.config
     if data_preprocessed is not None:
         dataset = open_shard_data(  # several directories: every example of each, once
@@ -150,5 +163,31 @@ def evaluate_checkpoint(
             whole_word_masking=whole_word_masking,
             seed=seed,
             flag="--data-text",
+            nsp=nsp,
         )
-    return evaluate_model(model, dataset, batch_size, runtime, max_batches, reporter)
+    result = evaluate_model(model, dataset, batch_size, runtime, max_batches, reporter, nsp)
+    return {**result, "nsp": nsp}
+
+
+def checkpoint_nsp(
+    checkpoint: Path, fresh_heads: list[str], name: str, requested: bool | None
+) -> bool:
+    """Whether to score NSP: never without an NSP head, else as asked, else as trained.
+
+    A checkpoint without the MLM head (an encoder-only `BertModel`) cannot be scored at all.
+    """
+    from bertcli.train.checkpoint import load_summary
+
+    if any(h.startswith("cls.predictions.") for h in fresh_heads):
+        raise UserError(
+            f"{name} has no MLM head (an encoder-only BertModel: no cls.predictions.* tensors); "
+            f"continue pretraining it first (bertcli pretrain --init-from {name}) or fine-tune "
+            "it on a task (bertcli finetune)"
+        )
+    has_nsp_head = not any(h.startswith(("cls.seq_relationship.", "bert.pooler.")) for h in fresh_heads)
+    if requested and not has_nsp_head:
+        raise UserError(f"--nsp: {name} has no NSP head (no cls.seq_relationship.* tensors)")
+    if requested is not None:
+        return requested
+    trained = load_summary(checkpoint).get("nsp")
+    return has_nsp_head and trained is not False  # unrecorded (transformers, old runs): NSP

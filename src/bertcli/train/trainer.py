@@ -332,6 +332,7 @@ class Trainer:
                 "epoch": self.epoch,
                 "step_in_epoch": self.step_in_epoch,
                 "total_steps": self.total_steps,
+                "nsp": self.config.nsp,  # evaluate scores an MLM-only checkpoint on MLM only
                 # this step's metrics rows: --resume restores them if metrics.jsonl lost them
                 "metrics": self.metrics.rows_at(self.step) if self.metrics else [],
             }
@@ -601,13 +602,14 @@ class Trainer:
             self.config.eval_batch_size or self.config.batch_size,
             self.runtime,
             self.config.eval_batches or None,
+            nsp=self.config.nsp,  # an MLM-only run's NSP head is untrained: no nsp_acc
         )
         row = {"step": self.step, "split": "eval", **result}
         if self.metrics:
             self.metrics.write(row, prefix="eval")
         self.reporter.log(
             f"eval @ step {self.step}: mlm_loss {result['mlm_loss']:.4f}  "
-            f"mlm_acc {result['mlm_accuracy']:.4f}  ppl {result['perplexity']:.2f}  "
-            f"nsp_acc {result['nsp_accuracy']:.4f}"
+            f"mlm_acc {result['mlm_accuracy']:.4f}  ppl {result['perplexity']:.2f}"
+            + (f"  nsp_acc {result['nsp_accuracy']:.4f}" if self.config.nsp else "")
         )
         return row
