@@ -486,7 +486,7 @@ class Trainer:
                         window.zero_()
                         window_steps, window_tokens, window_start = 0, 0, time.perf_counter()
                     fields = {}
-                    if last_row:
+                    if last_row.get("step") == self.step:  # given once: heartbeats mark them old
                         fields = {
                             "loss": last_row["loss"],
                             "lr": lr,
