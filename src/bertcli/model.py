@@ -7,10 +7,10 @@ MLM decoder tied to the word embeddings with its own bias). How it differs from 
   `F.scaled_dot_product_attention`, which picks flash / memory-efficient kernels on GPUs;
 * **unpadding** (as in DeepLearningExamples and MosaicBERT): embeddings, projections, the
   feed-forward block and every LayerNorm run on the real tokens only, `(nnz, H)`. Attention
-  runs on the real tokens too: on a CPU one SDPA call per group of similar lengths
-  (`attend_grouped`), with
-  flash-attn on a GPU (`use_flash_attention`) `flash_attn_varlen_qkvpacked_func`; other GPUs
-  scatter q/k/v back to the padded layout for one masked SDPA call. Padded positions of `sequence_output` are then zeros (transformers computes
+  runs on the real tokens with flash-attn on a GPU (`use_flash_attention`,
+  `flash_attn_varlen_qkvpacked_func`); elsewhere (CPUs too) q/k/v are scattered back to the
+  padded layout for one masked SDPA call, which beat one call per sequence (unpad.py says why).
+  Padded positions of `sequence_output` are then zeros (transformers computes
   values there that nothing reads);
 * the MLM head is **static-shape**: with `masked_lm_positions (B, P)` it gathers exactly those
   positions, so `mlm_logits` is `(B, P, V)` and the loss is a sum over the labelled slots
@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bertcli.config import BertConfig
-from bertcli.unpad import Unpadding, attend_grouped, pad, unpad, unpad_pays
+from bertcli.unpad import Unpadding, pad, unpad, unpad_pays
 
 IGNORE_INDEX = -100
 
@@ -115,9 +115,6 @@ class SelfAttention(nn.Module):
                 dropout_p=dropout,
             )  # (nnz, nh, hs)
             return self.out(y.reshape(x.shape))
-        if u is not None and qkv.device.type == "cpu" and u.groups:
-            # one SDPA call per group of similar lengths, not per sequence (unpad.py says why)
-            return self.out(attend_grouped(qkv, u, self.num_heads, dropout))
         if u is not None:
             qkv = pad(qkv, u)  # (B, T, 3H), zeros at the padding (masked out below)
         B, T, H3 = qkv.shape
