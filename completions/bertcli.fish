@@ -104,6 +104,7 @@ complete -c bertcli -n '__fish_seen_subcommand_from pretrain' -l whole-word-mask
 complete -c bertcli -n '__fish_seen_subcommand_from pretrain' -l no-whole-word-masking -d 'Mask whole words (text data).'
 complete -c bertcli -n '__fish_seen_subcommand_from pretrain' -l short-seq-prob -d 'Chance that an example targets a random shorter length (text data), in [0, 1]; e.g. 0.1 as BERT.'
 complete -c bertcli -n '__fish_seen_subcommand_from pretrain' -l input-format -x -a 'auto text wikitext jsonl' -d 'How to read text data.'
+complete -c bertcli -n '__fish_seen_subcommand_from pretrain' -l cache-dir -r -F -d 'Token cache shared by runs (text data: a corpus is tokenized once per tokenizer). Default: $BERTCLI_CACHE, else $XDG_CACHE_HOME/bertcli, else ~/.cache/bertcli.'
 complete -c bertcli -n '__fish_seen_subcommand_from pretrain' -l hidden-dropout -d 'Dropout on embeddings and layer outputs, in [0, 1); e.g. 0.0 for short runs (default: the model config'\''s, 0.1).'
 complete -c bertcli -n '__fish_seen_subcommand_from pretrain' -l attention-dropout -d 'Dropout on attention probabilities, in [0, 1); e.g. 0.0 (default: the model config'\''s, 0.1).'
 complete -c bertcli -n '__fish_seen_subcommand_from pretrain' -l optimizer -x -a 'adamw lamb novograd sgd' -d 'Optimizer.'
