@@ -21,6 +21,7 @@ It needs `datasets` and `accelerate` (pip install datasets accelerate).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -98,7 +99,7 @@ def hf_run(args) -> None:
     block = args.seq
 
     def group_texts(examples):
-        joined = {k: sum(examples[k], []) for k in examples}
+        joined = {k: list(itertools.chain.from_iterable(examples[k])) for k in examples}
         total = (len(joined["input_ids"]) // block) * block
         return {k: [v[i : i + block] for i in range(0, total, block)] for k, v in joined.items()}
 

@@ -184,7 +184,8 @@ def checkpoint_nsp(
             f"continue pretraining it first (bertcli pretrain --init-from {name}) or fine-tune "
             "it on a task (bertcli finetune)"
         )
-    has_nsp_head = not any(h.startswith(("cls.seq_relationship.", "bert.pooler.")) for h in fresh_heads)
+    nsp_heads = ("cls.seq_relationship.", "bert.pooler.")
+    has_nsp_head = not any(h.startswith(nsp_heads) for h in fresh_heads)
     if requested and not has_nsp_head:
         raise UserError(f"--nsp: {name} has no NSP head (no cls.seq_relationship.* tensors)")
     if requested is not None:
