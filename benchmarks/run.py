@@ -410,6 +410,12 @@ def bench_real_shards(preset: str, seq: int, max_pred: int, batch: int, count: i
     }
 
 
+def _printed(row: dict) -> dict:
+    """A row as one JSON line as soon as it is measured (long sections survive a timeout)."""
+    print(json.dumps(row), flush=True)
+    return row
+
+
 def bench_compile(repeats: int, tmp: Path, batch: int = 32):
     """tiny preset, seq-128 shards: torch.compile (padded, static) vs eager (unpadded)."""
     import copy
@@ -657,7 +663,7 @@ def main() -> None:
             if "real" in only:
                 # issue 22's shapes: mini 16 x 128, small 8 x 128; 4 x 512 for both
                 results["real"] = [
-                    bench_real_shards(p, seq, pred, batch, max(count, args.repeats), work)
+                    _printed(bench_real_shards(p, seq, pred, batch, max(count, args.repeats), work))
                     for p, seq, pred, batch, count in (
                         ("mini", 128, 20, 16, 10),
                         ("small", 128, 20, 8, 12),
