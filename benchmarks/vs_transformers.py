@@ -108,7 +108,8 @@ def hf_run(args) -> None:
     model = transformers.BertForMaskedLM(config)
     training = transformers.TrainingArguments(
         output_dir=str(args.hf_run), per_device_train_batch_size=args.batch,
-        max_steps=args.steps, learning_rate=5e-4, warmup_ratio=0.1, weight_decay=0.01,
+        max_steps=args.steps, learning_rate=5e-4, warmup_steps=round(0.1 * args.steps),
+        weight_decay=0.01,
         logging_steps=max(1, args.steps // 10), save_strategy="no", report_to=[],
         use_cpu=True, dataloader_num_workers=0, seed=42,
     )  # fmt: skip
