@@ -27,7 +27,7 @@ so a GPU never syncs; on a CPU mask the model builds it itself. Under `torch.com
 when `unpad_tokens` is False, or a GPU mask comes without a record) the model runs the padded
 layout: every shape is static, and `torch._dynamo.explain` finds 0 graph breaks. Unpadding
 pays only where padding is large enough to pay for its gathers: `unpad.unpad_pays` decides per
-batch from the device and the padding share (on a CPU the padded layout wins below 25%, which
+batch from the device and the padding share (on a CPU the padded layout wins below 35%, which
 includes WikiText-2's shards at 128 and 512); the padded path is what a compiled graph wants.
 
 Parameter names are ours; `hf.py` is the one place that maps them to transformers' names.
