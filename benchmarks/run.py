@@ -1,7 +1,7 @@
 """bertcli benchmarks: every figure is a ratio against a reference run in the same process.
 
     python benchmarks/run.py [--device cpu|cuda] [--json OUT]
-        [--only step,e2e,preprocess,tokenizer,unpad,compile,cuda]
+        [--only step,e2e,preprocess,tokenizer,unpad,real,compile,cuda]
 
 1. step: one training step (forward + backward + AdamW) of bertcli's model vs
    transformers.BertForPreTraining on the same config and batch (16 x 128, 15% masked, some
@@ -14,6 +14,11 @@
    predictions and seq 512 / 80), small preset: the unpadded, static-head path vs the old padded
    path (`unpad_tokens = False` and the boolean-selected sparse head), alternated over the same
    batches; real tokens per second of each.
+5b. real: the step on real shards (WikiText-2 train, dupe 1, bert-base-uncased vocab) at 128 and
+   512 for mini and small, fwd + bwd + AdamW with `masked_lm_positions`: transformers, bertcli
+   padded (`unpad_tokens = False`), bertcli forced unpadded, and bertcli's default (the trainer's
+   record; `unpad.unpad_pays` picks the layout), alternated batch by batch (issue 22: the
+   default path must never be slower than the other one).
 6. compile: tiny preset, seq-128 shards: `torch.compile` (padded, static shapes) vs eager
    (unpadded), after warm-up, alternated; graph breaks of the compiled step.
 7. cuda: tokens/s and model FLOPs utilisation for base and large at seq 128 and 512 (bf16),
@@ -25,6 +30,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -230,8 +236,9 @@ def make_shards(seq: int, max_pred: int, out: Path) -> Path:
     return out
 
 
-def padded_step(model, opt, b):
-    """The old path: padded layout everywhere, MLM head on boolean-selected positions."""
+def padded_step(model, opt, b, positions: bool = False):
+    """The padded layout everywhere; the MLM head on boolean-selected positions (the old path)
+    or, with `positions`, on `masked_lm_positions` (the static head)."""
     model.bert.unpad_tokens = False
     out = model(
         b["input_ids"],
@@ -239,14 +246,32 @@ def padded_step(model, opt, b):
         b["attention_mask"],
         masked_lm_labels=b["masked_lm_labels"],
         next_sentence_labels=b["next_sentence_labels"],
+        masked_lm_positions=b["masked_lm_positions"] if positions else None,
     )
     out.loss.backward()
     opt.step()
     opt.zero_grad(set_to_none=True)
 
 
-def unpadded_step(model, opt, b, device):
-    """Today's trainer path: unpadding record from the CPU batch, static (B, P) head."""
+@contextlib.contextmanager
+def forced_unpadding():
+    """Unpad whatever the padding share (`unpad_pays` would keep light padding padded)."""
+    import bertcli.unpad
+
+    saved = bertcli.unpad.CPU_MIN_PADDING
+    bertcli.unpad.CPU_MIN_PADDING = 0.0
+    try:
+        yield
+    finally:
+        bertcli.unpad.CPU_MIN_PADDING = saved
+
+
+def unpadded_step(model, opt, b, device, force: bool = True):
+    """The trainer's path: unpadding record from the CPU batch, static (B, P) head; `force`
+    unpads even where `unpad_pays` would choose the padded layout."""
+    if force:
+        with forced_unpadding():
+            return unpadded_step(model, opt, b, device, force=False)
     from bertcli.unpad import Unpadding
 
     model.bert.unpad_tokens = True
@@ -315,6 +340,82 @@ def bench_unpad(preset: str, seq: int, max_pred: int, batch: int, repeats: int, 
         "speedup": old_s / new_s,
         "steps": len(batches),
     }
+
+
+def bench_real_shards(preset: str, seq: int, max_pred: int, batch: int, count: int, tmp: Path):
+    """transformers vs bertcli padded / forced unpadded / default on the same real batches."""
+    import transformers
+
+    from bertcli.config import BertConfig
+    from bertcli.model import BertForPreTraining
+
+    device = torch.device("cpu")
+    batches, padding = shard_batches(make_shards(seq, max_pred, tmp / f"shards{seq}"), batch, count)
+    cfg = BertConfig.from_preset(preset)  # dropout 0.1 in both, as trained
+    torch.manual_seed(0)
+    ours = BertForPreTraining(cfg)
+    hf_cfg = transformers.BertConfig(**cfg.to_dict())
+    hf_cfg._attn_implementation = "sdpa"
+    theirs = transformers.BertForPreTraining(hf_cfg)
+    opt_a = torch.optim.AdamW(ours.parameters(), lr=1e-5)
+    opt_b = torch.optim.AdamW(theirs.parameters(), lr=1e-5)
+
+    def hf(b):
+        out = theirs(
+            input_ids=b["input_ids"],
+            token_type_ids=b["token_type_ids"],
+            attention_mask=b["attention_mask"],
+            labels=b["masked_lm_labels"],
+            next_sentence_label=b["next_sentence_labels"],
+        )
+        out.loss.backward()
+        opt_b.step()
+        opt_b.zero_grad(set_to_none=True)
+
+    def padded(b):
+        padded_step(ours, opt_a, b, positions=True)
+
+    runs = {
+        "transformers": hf,
+        "padded": padded,
+        "unpadded": lambda b: unpadded_step(ours, opt_a, b, device, force=True),
+        "default": lambda b: unpadded_step(ours, opt_a, b, device, force=False),
+    }
+    for fn in runs.values():  # warm up every path
+        fn(batches[0])
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    names = list(runs)
+    for j, b in enumerate(batches):
+        for name in names[j % len(names) :] + names[: j % len(names)]:  # rotate who goes first
+            times[name].append(timed(partial(runs[name], b), device))
+    total = {name: sum(t) for name, t in times.items()}
+    tokens = sum(int(b["attention_mask"].sum()) for b in batches)
+    from bertcli.unpad import Unpadding, unpad_pays
+
+    shares = [Unpadding.from_mask(b["attention_mask"]).padding_share for b in batches]
+    return {
+        "preset": preset,
+        "batch": f"{batch}x{seq}",
+        "steps": len(batches),
+        "padding": padding,
+        "padding_of_timed_batches": 1.0 - tokens / (len(batches) * batch * seq),
+        "default_unpadded_batches": sum(unpad_pays("cpu", p) for p in shares),
+        "seconds": total,
+        "speedup_vs_transformers": {
+            name: total["transformers"] / total[name] for name in ("padded", "unpadded", "default")
+        },
+        # the median over batches of each path's time over the padded path's (load-robust)
+        "median_ratio_to_padded": {
+            name: statistics.median(a / p for a, p in zip(times[name], times["padded"]))
+            for name in ("unpadded", "default", "transformers")
+        },
+    }
+
+
+def _printed(row: dict) -> dict:
+    """A row as one JSON line as soon as it is measured (long sections survive a timeout)."""
+    print(json.dumps(row), flush=True)
+    return row
 
 
 def bench_compile(repeats: int, tmp: Path, batch: int = 32):
@@ -583,7 +684,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", type=Path, help="write the results here")
-    parser.add_argument("--only", default="step,e2e,preprocess,tokenizer,unpad,compile,cuda")
+    parser.add_argument("--only", default="step,e2e,preprocess,tokenizer,unpad,real,compile,cuda")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument(
         "--dry-run",
@@ -617,7 +718,7 @@ def main() -> None:
         results["preprocess"] = bench_preprocess(os.cpu_count() or 1)
     if "tokenizer" in only:
         results["tokenizer"] = bench_tokenizer()
-    if ("unpad" in only or "compile" in only) and device.type == "cpu":
+    if ({"unpad", "real", "compile"} & only) and device.type == "cpu":
         with tempfile.TemporaryDirectory() as tmp:
             work = args.work_dir or Path(tmp)
             if "unpad" in only:
@@ -625,6 +726,17 @@ def main() -> None:
                 results["unpad"] = [
                     bench_unpad("small", 512, 80, 4, max(32, args.repeats), work),
                     bench_unpad("small", 128, 20, 16, max(12, args.repeats), work),
+                ]
+            if "real" in only:
+                # issue 22's shapes: mini 16 x 128, small 8 x 128; 4 x 512 for both
+                results["real"] = [
+                    _printed(bench_real_shards(p, seq, pred, batch, max(count, args.repeats), work))
+                    for p, seq, pred, batch, count in (
+                        ("mini", 128, 20, 16, 10),
+                        ("small", 128, 20, 8, 12),
+                        ("mini", 512, 80, 4, 12),
+                        ("small", 512, 80, 4, 12),
+                    )
                 ]
             if "compile" in only:
                 results["compile"] = bench_compile(args.repeats, work)
@@ -681,6 +793,14 @@ def print_table(results: dict) -> None:
             "tokens/s over the old padded path",
             f"{r['speedup']:.2f}x ({r['unpadded_tokens_per_s']:.0f} vs "
             f"{r['padded_tokens_per_s']:.0f})",
+        )
+    for r in results.get("real", []):
+        x = r["speedup_vs_transformers"]
+        table.add_row(
+            f"real shards {r['preset']} {r['batch']} ({100 * r['padding_of_timed_batches']:.1f}% "
+            f"padding; {r['default_unpadded_batches']}/{r['steps']} batches unpadded by default)",
+            "speedup vs transformers: padded / unpadded / default",
+            f"{x['padded']:.2f}x / {x['unpadded']:.2f}x / {x['default']:.2f}x",
         )
     if "compile" in results:
         r = results["compile"]

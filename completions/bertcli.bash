@@ -36,7 +36,7 @@ _bertcli() {
                 --device) COMPREPLY=($(compgen -W 'auto cpu cuda' -- "$cur")); return ;;
                 --precision) COMPREPLY=($(compgen -W 'auto fp32 bf16 fp16' -- "$cur")); return ;;
             esac
-            COMPREPLY=($(compgen -W '--checkpoint --data-text --data-preprocessed --tokenizer --batch-size --max-seq-length --masked-lm-prob --max-predictions-per-seq --whole-word-masking --no-whole-word-masking --max-batches --seed --device --precision --json --help' -- "$cur"))
+            COMPREPLY=($(compgen -W '--checkpoint --data-text --data-preprocessed --tokenizer --batch-size --max-seq-length --masked-lm-prob --max-predictions-per-seq --whole-word-masking --no-whole-word-masking --nsp --no-nsp --max-batches --seed --device --precision --json --help' -- "$cur"))
             ;;
         export-config)
             case "$prev" in
@@ -80,13 +80,14 @@ _bertcli() {
                 --preset) COMPREPLY=($(compgen -W 'tiny mini small medium base large' -- "$cur")); return ;;
                 --config-file) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --input-format) COMPREPLY=($(compgen -W 'auto text wikitext jsonl' -- "$cur")); return ;;
+                --cache-dir) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --optimizer) COMPREPLY=($(compgen -W 'adamw lamb novograd sgd' -- "$cur")); return ;;
                 --lr-policy) COMPREPLY=($(compgen -W 'warmup-annealing cosine square square-root polynomial inverse-square-root warmup-hold constant' -- "$cur")); return ;;
                 --precision) COMPREPLY=($(compgen -W 'auto fp32 bf16 fp16' -- "$cur")); return ;;
                 --device) COMPREPLY=($(compgen -W 'auto cpu cuda' -- "$cur")); return ;;
                 --out) COMPREPLY=($(compgen -f -- "$cur")); return ;;
             esac
-            COMPREPLY=($(compgen -W '--data-text --data-preprocessed --train-data --eval-data --tokenizer --vocab-file --vocab-size --preset --num-hidden-layers --hidden-size --num-attention-heads --intermediate-size --hidden-act --config-file --init-from --init-optimizer-from --nsp --no-nsp --max-seq-length --masked-lm-prob --max-predictions-per-seq --whole-word-masking --no-whole-word-masking --short-seq-prob --input-format --hidden-dropout --attention-dropout --optimizer --lr --weight-decay --beta1 --beta2 --eps --lr-policy --warmup-ratio --warmup-steps --min-lr --lr-power --max-steps --num-epochs --batch-size --batches-per-step --max-grad-norm --precision --device --compile --label-smoothing --num-workers --seed --out --log-every --eval-every --eval-batches --eval-batch-size --save-every --save-every-epochs --keep-last --resume --allow-changes --license --language --push-to --json --help' -- "$cur"))
+            COMPREPLY=($(compgen -W '--data-text --data-preprocessed --train-data --eval-data --tokenizer --vocab-file --vocab-size --preset --num-hidden-layers --hidden-size --num-attention-heads --intermediate-size --hidden-act --config-file --init-from --init-optimizer-from --nsp --no-nsp --max-seq-length --masked-lm-prob --max-predictions-per-seq --whole-word-masking --no-whole-word-masking --short-seq-prob --input-format --cache-dir --hidden-dropout --attention-dropout --optimizer --lr --weight-decay --beta1 --beta2 --eps --lr-policy --warmup-ratio --warmup-steps --min-lr --lr-power --max-steps --num-epochs --batch-size --batches-per-step --max-grad-norm --precision --device --compile --label-smoothing --num-workers --seed --out --log-every --eval-every --eval-batches --eval-batch-size --save-every --save-every-epochs --keep-last --resume --allow-changes --license --language --push-to --json --help' -- "$cur"))
             ;;
         push)
             case "$prev" in

@@ -21,6 +21,19 @@ ZH_DIR = SHARED / "zh"
 DATA_SKIP = "needs ../shared/data"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_token_cache(tmp_path_factory):
+    """Runs' token stores go to a temporary shared cache, never the user's ~/.cache/bertcli
+    (os.environ, so torchrun's subprocesses see it too)."""
+    saved = os.environ.get("BERTCLI_CACHE")
+    os.environ["BERTCLI_CACHE"] = str(tmp_path_factory.mktemp("bertcli-cache"))
+    yield
+    if saved is None:
+        os.environ.pop("BERTCLI_CACHE", None)
+    else:
+        os.environ["BERTCLI_CACHE"] = saved
+
+
 def require(path: Path) -> Path:
     """`path` if the shared data is there; otherwise skip, counted in the closing summary."""
     if not path.exists():

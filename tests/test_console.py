@@ -40,3 +40,45 @@ def test_quiet_off_a_terminal_and_under_json(capsys):
     reporter.advance(3)
     reporter.finish()
     assert capsys.readouterr().out == ""
+
+
+def test_slow_rates_are_seconds_per_step(capsys):
+    """0.3 steps/s hides a 3.0-3.5 s range: below one unit per second the line says s/step."""
+    import time
+
+    reporter = PlainReporter(every_seconds=1e9)
+    reporter.start("Pretraining", total=100, unit="steps")
+    reporter.advance(3)
+    reporter.t0 = time.monotonic() - 10.0  # 3 steps in 10 s
+    line = reporter.progress_line({})
+    assert "3.3 s/step" in line and "steps/s" not in line
+    reporter.t0 = time.monotonic() - 0.5  # 3 steps in 0.5 s
+    assert "6.0 steps/s" in reporter.progress_line({})
+
+
+def test_rich_bar_shows_seconds_per_step_when_slow():
+    import time
+
+    buffer = io.StringIO()
+    reporter = RichReporter(Console(file=buffer, force_terminal=True, width=160))
+    reporter.start("Pretraining", total=3, unit="steps")
+    for _ in range(3):
+        time.sleep(1.2)
+        reporter.advance(1)
+    reporter.finish()
+    assert "s/step" in buffer.getvalue()
+
+
+def test_heartbeat_lines_mark_the_last_logged_values(capsys):
+    """A periodic line between log steps repeats the fields of the last log step: it says which
+    step they are from; a line at the step they were given does not."""
+    reporter = PlainReporter(every_seconds=0.0)  # every advance prints a line
+    reporter.start("Pretraining", total=10, unit="steps")
+    reporter.advance(1, loss=7.14, lr=1e-4)
+    reporter.advance(1)
+    reporter.advance(1)
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 3
+    assert "loss=7.14" in lines[0] and "(step" not in lines[0]
+    assert "lr=0.0001 (step 1)" in lines[1] and "Pretraining 2/10" in lines[1]
+    assert "(step 1)" in lines[2] and "Pretraining 3/10" in lines[2]

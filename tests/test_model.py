@@ -316,32 +316,6 @@ def test_unpadded_gradients_equal_padded_gradients():
         torch.testing.assert_close(grads[1][name], grad, atol=1e-6, rtol=1e-5, msg=name)
 
 
-def test_cpu_per_sequence_attention_equals_padded_sdpa_route():
-    """On a CPU, unpadded attention runs one SDPA call per sequence (`attend_each`); a record
-    without host lengths (as a GPU without flash-attn sees it) scatters to the padded layout
-    for one masked SDPA call. Both routes give the same loss and gradients."""
-    from dataclasses import replace
-
-    from bertcli.unpad import Unpadding
-
-    torch.manual_seed(9)
-    model = BertForPreTraining(tiny_config())
-    ids, types, mask, labels, nsp = heavily_padded_batch(101)
-    mask[1] = 0  # an all-padding row
-    mask[1, 0] = 1  # ... but for its [CLS]
-    record = Unpadding.from_mask(mask)
-    assert record.lengths[1] == 1
-    grads, losses = [], []
-    for u in (record, replace(record, lengths=())):
-        model.zero_grad()
-        out = model(ids, types, mask, masked_lm_labels=labels, next_sentence_labels=nsp, unpadding=u)
-        out.loss.backward()
-        losses.append(out.loss.detach())
-        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
-    torch.testing.assert_close(losses[0], losses[1], atol=1e-6, rtol=1e-5)
-    for name, grad in grads[1].items():
-        torch.testing.assert_close(grads[0][name], grad, atol=1e-6, rtol=1e-5, msg=name)
-
 
 def test_unpad_pad_roundtrip_and_record():
     from bertcli.unpad import Unpadding, pad, unpad

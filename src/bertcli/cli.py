@@ -655,6 +655,7 @@ def pretrain(
     whole_word_masking: bool = _option(PretrainConfig, "whole_word_masking"),
     short_seq_prob: float = _option(PretrainConfig, "short_seq_prob"),
     input_format: InputFormat = _option(PretrainConfig, "input_format", choices=InputFormat),
+    cache_dir: Path | None = _option(PretrainConfig, "cache_dir"),
     hidden_dropout: float | None = _option(PretrainConfig, "hidden_dropout"),
     attention_dropout: float | None = _option(PretrainConfig, "attention_dropout"),
     optimizer: Optimizer = _option(TrainConfig, "optimizer", choices=Optimizer),
@@ -762,6 +763,7 @@ def pretrain(
         hidden_dropout=hidden_dropout,
         attention_dropout=attention_dropout,
         input_format=input_format.value,
+        cache_dir=cache_dir,
         device=device.value,
         precision=precision.value,
         resume=resume,
@@ -809,6 +811,13 @@ def evaluate(
     whole_word_masking: bool = typer.Option(
         False, help="Mask whole words (text data), as a model trained with it."
     ),
+    nsp: bool | None = typer.Option(
+        None,
+        "--nsp/--no-nsp",
+        help="Score next-sentence prediction (text data: NSP pairs) or MLM only (packed text). "
+        "Default: as the checkpoint was trained; MLM only without an NSP head.",
+        show_default=False,
+    ),
     max_batches: int = typer.Option(0, help="Stop after N batches (0 = all)."),
     seed: int = typer.Option(12345, help="Seed of the (static) text masks."),
     device: Device = typer.Option(Device.auto, help="auto = the local GPU if any."),
@@ -842,6 +851,7 @@ def evaluate(
             seed=seed,
             max_batches=max_batches or None,
             reporter=make_reporter(json_output) if runtime.is_main else None,
+            nsp=nsp,
         )
     finally:
         shutdown(runtime)

@@ -428,6 +428,11 @@ class PretrainConfig:
         "config's, 0.1).",
     )
     input_format: str = _opt("auto", "How to read text data.")
+    cache_dir: Path | None = _opt(
+        None,
+        "Token cache shared by runs (text data: a corpus is tokenized once per tokenizer). "
+        "Default: $BERTCLI_CACHE, else $XDG_CACHE_HOME/bertcli, else ~/.cache/bertcli.",
+    )
     device: str = _opt("auto", "auto = the local GPU if any.")
     precision: str = _opt("auto", "auto = bf16 on capable GPUs, fp32 on CPU.")
     resume: bool = _opt(

@@ -90,7 +90,7 @@ class RichReporter(Reporter):
             return
         info = "  ".join(f"{k}={_fmt(v)}" for k, v in fields.items())
         speed = self.progress.tasks[0].speed
-        rate = f"{speed:,.1f} {self.unit}/s" if speed else ""
+        rate = _rate(speed, self.unit) if speed else ""
         kwargs = {"rate": rate}
         if fields:
             kwargs["info"] = info
@@ -122,15 +122,16 @@ class PlainReporter(Reporter):
         self.done = self.origin = completed
         self.t0 = self.last_line = time.monotonic()
         self.fields: dict[str, Any] = {}
+        self.fields_done = completed  # where the fields were given: older lines say so
 
     def advance(self, amount: float = 1, **fields: Any) -> None:
         if self.description is None:
             return
         self.done += amount
         if fields:  # the newest fields (pages/s, loss …) go on the next periodic line
-            self.fields = fields
+            self.fields, self.fields_done = fields, self.done
         if self.progress and time.monotonic() - self.last_line >= self.every_seconds:
-            self._line(self.fields)
+            self._line(self.fields, self.fields_done)
 
     def status(self, **fields: Any) -> None:
         if self.progress and self.description is not None:
@@ -142,8 +143,13 @@ class PlainReporter(Reporter):
     def log(self, message: str) -> None:
         stderr.print(message, highlight=False, soft_wrap=True)  # one line, whatever the width
 
-    def progress_line(self, fields: dict[str, Any]) -> str:
-        """'Pretraining 20/200 steps (10%)  loss=7.1  lr=1e-04  4.2 steps/s  eta 0:00:43'."""
+    def progress_line(self, fields: dict[str, Any], fields_at: float | None = None) -> str:
+        """'Pretraining 20/200 steps (10%)  loss=7.1  lr=1e-04  4.2 steps/s  eta 0:00:43'.
+
+        Fields given at an earlier point (`fields_at`, a heartbeat between log steps) are marked
+        as the last logged values: 'loss=7.1  lr=1e-04 (step 10)'. Below one unit per second the
+        rate is shown as seconds per unit ('3.2 s/step'), which keeps two significant digits.
+        """
         now = time.monotonic()
         elapsed = now - self.t0
         rate = (self.done - self.origin) / elapsed if elapsed > 0 else 0.0
@@ -154,16 +160,33 @@ class PlainReporter(Reporter):
         else:
             head += unit
         parts = [head]
-        parts += [f"{key}={_fmt(value)}" for key, value in fields.items() if value is not None]
+        shown = [f"{key}={_fmt(value)}" for key, value in fields.items() if value is not None]
+        if shown and fields_at is not None and fields_at != self.done:
+            shown[-1] += f" ({_singular(self.unit)} {_amount(fields_at, self.unit)})"
+        parts += shown
         if rate > 0:
-            parts.append(f"{_amount(rate, self.unit)}{unit}/s")
+            parts.append(_rate(rate, self.unit))
             if self.total:
                 parts.append(f"eta {_duration(max(0.0, self.total - self.done) / rate)}")
         return "  ".join(parts)
 
-    def _line(self, fields: dict[str, Any]) -> None:
-        stderr.print(self.progress_line(fields), highlight=False, soft_wrap=True)
+    def _line(self, fields: dict[str, Any], fields_at: float | None = None) -> None:
+        stderr.print(self.progress_line(fields, fields_at), highlight=False, soft_wrap=True)
         self.last_line = time.monotonic()
+
+
+def _singular(unit: str) -> str:
+    """'steps' -> 'step' (units are named in the plural)."""
+    return unit[:-1] if unit.endswith("s") and len(unit) > 1 else unit
+
+
+def _rate(per_second: float, unit: str) -> str:
+    """'4.2 steps/s', or below 1 unit/s '3.2 s/step' (0.3 steps/s hides a 3.0-3.5 s range)."""
+    if unit == "bytes":
+        return f"{_amount(per_second, unit)}/s"
+    if per_second < 1.0:
+        return f"{1.0 / per_second:,.1f} s/{_singular(unit)}"
+    return f"{_amount(per_second, unit)} {unit}/s"
 
 
 def _amount(value: float, unit: str) -> str:

@@ -1,4 +1,9 @@
-"""Evaluate a model on a dataset: MLM loss / accuracy / perplexity and NSP loss / accuracy."""
+"""Evaluate a model on a dataset: MLM loss / accuracy / perplexity and NSP loss / accuracy.
+
+NSP is scored only for a model trained with it: a checkpoint without an NSP head (transformers'
+`BertForMaskedLM`, what run_mlm.py and most Hub MLMs save) or from an MLM-only run (`pretrain
+--no-nsp`, recorded in its trainer_state.json) reports no NSP keys, and `"nsp": false`.
+"""
 
 from __future__ import annotations
 
@@ -29,10 +34,11 @@ def evaluate_model(
     max_batches: int | None = None,
     reporter: Reporter | None = None,
     should_stop: Callable[[], bool] | None = None,
+    nsp: bool = True,
 ) -> dict[str, float | int] | None:
-    """Deterministic pass over `dataset` (in index order, split across ranks). With
-    `should_stop`, asked before each batch: True ends the pass early and it returns None (under
-    DDP, when any rank stopped)."""
+    """Deterministic pass over `dataset` (in index order, split across ranks); `nsp=False`
+    leaves the NSP metrics out (an MLM-only model). With `should_stop`, asked before each batch:
+    True ends the pass early and it returns None (under DDP, when any rank stopped)."""
     was_training = model.training
     model.eval()
     indices = list(range(runtime.rank, len(dataset), runtime.world_size))
@@ -78,7 +84,7 @@ def evaluate_model(
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
             stopped = bool(flag.item())
     model.train(was_training)
-    return None if stopped else sums.result()
+    return None if stopped else sums.result(nsp=nsp)
 
 
 def checkpoint_tokenizer(checkpoint: Path, tokenizer: Path | None) -> BertTokenizer:
@@ -123,9 +129,14 @@ def evaluate_checkpoint(
     max_predictions_per_seq: int = 20,
     whole_word_masking: bool = False,
     reporter: Reporter | None = None,
-) -> dict[str, float | int]:
+    nsp: bool | None = None,
+) -> dict[str, float | int | bool]:
     """Load any bertcli or transformers BERT directory, or a published checkpoint by name
-    (fetched into the Hugging Face cache on first use), and evaluate it."""
+    (fetched into the Hugging Face cache on first use), and evaluate it.
+
+    `nsp` None: the checkpoint's mode (see `checkpoint_nsp`); False scores MLM only, on packed
+    text for text data, as `pretrain --no-nsp` trains.
+    """
     from bertcli.hub import resolve_model
 
     if batch_size < 1:
@@ -134,7 +145,8 @@ def evaluate_checkpoint(
         raise UserError("give exactly one of --data-text PATH or --data-preprocessed DIR")
     name = str(checkpoint)
     checkpoint = resolve_model(name, "--checkpoint", runtime, reporter)
-    model = load_pretrained(checkpoint).to(runtime.device)
+    model = load_pretrained(checkpoint, allow_missing_heads=True).to(runtime.device)
+    nsp = checkpoint_nsp(checkpoint, model.fresh_heads, name, nsp)
     config = model.config
     if data_preprocessed is not None:
         dataset = open_shard_data(  # several directories: every example of each, once
@@ -162,5 +174,32 @@ def evaluate_checkpoint(
             whole_word_masking=whole_word_masking,
             seed=seed,
             flag="--data-text",
+            nsp=nsp,
         )
-    return evaluate_model(model, dataset, batch_size, runtime, max_batches, reporter)
+    result = evaluate_model(model, dataset, batch_size, runtime, max_batches, reporter, nsp)
+    return {**result, "nsp": nsp}
+
+
+def checkpoint_nsp(
+    checkpoint: Path, fresh_heads: list[str], name: str, requested: bool | None
+) -> bool:
+    """Whether to score NSP: never without an NSP head, else as asked, else as trained.
+
+    A checkpoint without the MLM head (an encoder-only `BertModel`) cannot be scored at all.
+    """
+    from bertcli.train.checkpoint import load_summary
+
+    if any(h.startswith("cls.predictions.") for h in fresh_heads):
+        raise UserError(
+            f"{name} has no MLM head (an encoder-only BertModel: no cls.predictions.* tensors); "
+            f"continue pretraining it first (bertcli pretrain --init-from {name}) or fine-tune "
+            "it on a task (bertcli finetune)"
+        )
+    nsp_heads = ("cls.seq_relationship.", "bert.pooler.")
+    has_nsp_head = not any(h.startswith(nsp_heads) for h in fresh_heads)
+    if requested and not has_nsp_head:
+        raise UserError(f"--nsp: {name} has no NSP head (no cls.seq_relationship.* tensors)")
+    if requested is not None:
+        return requested
+    trained = load_summary(checkpoint).get("nsp")
+    return has_nsp_head and trained is not False  # unrecorded (transformers, old runs): NSP

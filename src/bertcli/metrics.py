@@ -55,12 +55,15 @@ class EvalSums:
         )
         self.values += batch
 
-    def result(self) -> dict[str, float | int]:
-        """mlm_loss, mlm_accuracy, perplexity = exp(mlm_loss), nsp_loss, nsp_accuracy, counts."""
+    def result(self, nsp: bool = True) -> dict[str, float | int]:
+        """mlm_loss, mlm_accuracy, perplexity = exp(mlm_loss), nsp_loss, nsp_accuracy, counts.
+
+        `nsp=False` (an MLM-only model) leaves the NSP keys out: its head is untrained or absent.
+        """
         loss_sum, correct, masked, nsp_sum, nsp_correct, sequences = self.values.tolist()
         n, b = max(1.0, masked), max(1.0, sequences)
         mlm_loss = loss_sum / n
-        return {
+        out = {
             "mlm_loss": mlm_loss,
             "mlm_accuracy": correct / n,
             "perplexity": math.exp(min(mlm_loss, 700.0)),
@@ -69,6 +72,9 @@ class EvalSums:
             "num_sequences": int(sequences),
             "num_masked_tokens": int(masked),
         }
+        if not nsp:
+            del out["nsp_loss"], out["nsp_accuracy"]
+        return out
 
 
 class MetricsWriter:

@@ -7,9 +7,10 @@ MLM decoder tied to the word embeddings with its own bias). How it differs from 
   `F.scaled_dot_product_attention`, which picks flash / memory-efficient kernels on GPUs;
 * **unpadding** (as in DeepLearningExamples and MosaicBERT): embeddings, projections, the
   feed-forward block and every LayerNorm run on the real tokens only, `(nnz, H)`. Attention
-  runs on the real tokens too: on a CPU one SDPA call per sequence (`attend_each`), with
-  flash-attn on a GPU (`use_flash_attention`) `flash_attn_varlen_qkvpacked_func`; other GPUs
-  scatter q/k/v back to the padded layout for one masked SDPA call. Padded positions of `sequence_output` are then zeros (transformers computes
+  runs on the real tokens with flash-attn on a GPU (`use_flash_attention`,
+  `flash_attn_varlen_qkvpacked_func`); elsewhere (CPUs too) q/k/v are scattered back to the
+  padded layout for one masked SDPA call, which beat one call per sequence (unpad.py says why).
+  Padded positions of `sequence_output` are then zeros (transformers computes
   values there that nothing reads);
 * the MLM head is **static-shape**: with `masked_lm_positions (B, P)` it gathers exactly those
   positions, so `mlm_logits` is `(B, P, V)` and the loss is a sum over the labelled slots
@@ -25,8 +26,9 @@ by the caller from the batch while it is still on the CPU (the trainer and evalu
 so a GPU never syncs; on a CPU mask the model builds it itself. Under `torch.compile` (and
 when `unpad_tokens` is False, or a GPU mask comes without a record) the model runs the padded
 layout: every shape is static, and `torch._dynamo.explain` finds 0 graph breaks. Unpadding
-pays where padding is large (21% of the tokens in sequence-512 shards of WikiText-2); the
-padded path is what a compiled graph wants.
+pays only where padding is large enough to pay for its gathers: `unpad.unpad_pays` decides per
+batch from the device and the padding share (on a CPU the padded layout wins below 35%, which
+includes WikiText-2's shards at 128 and 512); the padded path is what a compiled graph wants.
 
 Parameter names are ours; `hf.py` is the one place that maps them to transformers' names.
 """
@@ -43,7 +45,7 @@ from torch import nn
 
 from bertcli.config import BertConfig
 from bertcli.sizing import check_fits
-from bertcli.unpad import Unpadding, attend_each, pad, unpad
+from bertcli.unpad import Unpadding, pad, unpad, unpad_pays
 
 IGNORE_INDEX = -100
 
@@ -114,8 +116,6 @@ class SelfAttention(nn.Module):
                 dropout_p=dropout,
             )  # (nnz, nh, hs)
             return self.out(y.reshape(x.shape))
-        if u is not None and qkv.device.type == "cpu" and u.lengths:
-            return self.out(attend_each(qkv, u, self.num_heads, dropout))  # no padding at all
         if u is not None:
             qkv = pad(qkv, u)  # (B, T, 3H), zeros at the padding (masked out below)
         B, T, H3 = qkv.shape
@@ -172,7 +172,9 @@ class BertModel(nn.Module):
             if attention_mask.device.type != "cpu":
                 return None  # building it here would be a host sync
             unpadding = Unpadding.from_mask(attention_mask)
-        return None if unpadding.dense else unpadding
+        if not unpad_pays(attention_mask.device.type, unpadding.padding_share):
+            return None  # too little padding to pay for the gathers: the padded layout
+        return unpadding
 
     def forward(
         self,

@@ -27,6 +27,7 @@ from bertcli.config import BertConfig, PretrainConfig
 from bertcli.console import Reporter
 from bertcli.data.blend import describe_sources, open_shard_data
 from bertcli.data.datasets import TextDataset
+from bertcli.data.token_cache import token_cache_dir
 from bertcli.errors import UserError, writing
 from bertcli.evaluate import check_positions, check_vocab
 from bertcli.hf import load_config, load_pretrained
@@ -278,7 +279,7 @@ def _run(
             whole_word_masking=config.whole_word_masking,
             seed=config.train.seed,
             input_format=config.input_format,
-            cache_dir=out / "cache",
+            cache_dir=token_cache_dir(config.cache_dir),  # shared by runs: token_cache.py
         )
         options["nsp"] = config.train.nsp  # --no-nsp packs text (no pairs)
         train_data = _text_data(runtime, train_files, tokenizer, "--train-data", log, options)

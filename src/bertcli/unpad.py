@@ -9,8 +9,14 @@ zeros at the padding. Both are plain `index_select` / `index_copy`, so autograd 
 sync, so the trainer builds `Unpadding` from the batch while it is still on the CPU and moves
 it to the device with the batch (`Unpadding.to`).
 
-`attend_each` is attention on the unpadded layout for CPUs: flash-attn's varlen kernel does the
-same on GPUs.
+Attention on the unpadded layout: flash-attn's varlen kernel on GPUs that have it, else (CPUs
+too) q/k/v scattered back to the padded layout for one masked SDPA call. A CPU used to run one
+SDPA call per sequence instead; that costs a few dozen small kernels per sequence and layer, and
+on a busy 2-core CPU it made the unpadded step slower than the padded one (issue 22: 1.26x
+transformers against 3.15x at mini 16 x 128). So did grouping sequences of similar length into a
+few calls (1.36x the padded step's time at 16 x 128, load 11), while the single padded call cost
+what the padded step does (0.99x). `unpad_pays` is the measured rule for when unpadding is worth
+its gathers at all.
 """
 
 from __future__ import annotations
@@ -29,7 +35,6 @@ class Unpadding:
     max_seqlen: int  # the longest sequence in the batch (flash-attn's varlen argument)
     batch: int  # B
     seqlen: int  # T
-    lengths: tuple[int, ...] = ()  # real tokens of each sequence, host integers (CPU attention)
 
     @property
     def nnz(self) -> int:
@@ -50,7 +55,12 @@ class Unpadding:
         lengths = attention_mask.ne(0).sum(dim=1, dtype=torch.int32)  # (B,)
         cu_seqlens = torch.nn.functional.pad(torch.cumsum(lengths, 0, dtype=torch.int32), (1, 0))
         max_seqlen = int(lengths.max()) if B else 0
-        return cls(indices, cu_seqlens, max_seqlen, B, T, tuple(lengths.tolist()))
+        return cls(indices, cu_seqlens, max_seqlen, B, T)
+
+    @property
+    def padding_share(self) -> float:
+        """The fraction of the batch's slots that are padding."""
+        return 1.0 - self.nnz / max(1, self.batch * self.seqlen)
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Unpadding:
         """The same record on `device` (the sizes stay host integers)."""
@@ -60,7 +70,6 @@ class Unpadding:
             self.max_seqlen,
             self.batch,
             self.seqlen,
-            self.lengths,
         )
 
 
@@ -75,23 +84,23 @@ def pad(x: torch.Tensor, u: Unpadding) -> torch.Tensor:
     return out.index_copy(0, u.indices, x).view(u.batch, u.seqlen, *x.shape[1:])
 
 
-def attend_each(qkv: torch.Tensor, u: Unpadding, num_heads: int, dropout: float) -> torch.Tensor:
-    """(nnz, 3H) packed q/k/v -> (nnz, H): each sequence attends over its own real tokens.
+def unpad_pays(device_type: str, padding_share: float) -> bool:
+    """Whether the unpadded layout beats the padded one for a batch with this much padding.
 
-    One unmasked SDPA call per sequence, so padding costs neither the T x T scores nor a
-    scatter to the padded layout and back: the CPU twin of `flash_attn_varlen_qkvpacked_func`.
-    A loop over the batch is cheap on a CPU; on a GPU every call would be a kernel launch, so
-    GPUs without flash-attn keep the padded SDPA.
+    Unpadding saves the token-wise work on the padding but costs a gather before the encoder, a
+    scatter after it and, without flash-attn, a scatter and a gather around each layer's
+    attention. On a GPU those are cheap next to the kernels, so any padding pays. On a CPU they
+    are not: below `CPU_MIN_PADDING` the padded step is as fast or faster.
     """
-    nnz, three_h = qkv.shape
-    head_size = three_h // 3 // num_heads
-    out = []
-    for seq in qkv.split(list(u.lengths)):  # (L, 3H) per sequence, a view
-        if not len(seq):
-            continue  # an all-padding row has no tokens to attend from
-        q, k, v = seq.view(1, -1, 3, num_heads, head_size).permute(2, 0, 3, 1, 4).unbind(0)
-        y = torch.nn.functional.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
-        out.append(y.transpose(1, 2).reshape(-1, three_h // 3))  # (L, H)
-    if not out:  # a batch of all padding
-        return qkv.new_zeros(0, three_h // 3)
-    return torch.cat(out)
+    if padding_share <= 0.0:
+        return False
+    if device_type == "cpu":
+        return padding_share >= CPU_MIN_PADDING
+    return True
+
+
+# Measured on the shared 2-core box (benchmarks/run.py --only real, issue 22): the padded step
+# was faster at WikiText-2's 11-13% padding (shards at 128) and at the 27% of twelve 4 x 512
+# batches (unpadded 1.08x its time; 25% let 4 of them unpad, which cost the default 8%); at 41%
+# padding the unpadded one won (0.92x the padded step's time).
+CPU_MIN_PADDING = 0.35

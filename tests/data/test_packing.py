@@ -68,13 +68,13 @@ def test_pretrain_text_no_nsp_trains_on_packed_text(invoke, tmp_path):
     result = invoke(
         "pretrain", "--data-text", "--train-data", corpus, "--vocab-file", vocab,
         "--preset", "tiny", "--max-seq-length", "32", "--batch-size", "4", "--max-steps", "2",
-        "--no-nsp", "--out", out, "--device", "cpu",
+        "--no-nsp", "--out", out, "--device", "cpu", "--cache-dir", tmp_path / "cache",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     rows = [line for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
     assert rows and all('"nsp_loss": null' in row for row in rows if '"step"' in row)
-    # the run's token store is the one cache: a restart reads it
-    (store,) = (out / "cache").glob("tokens-*")
+    # the run's token store is in the shared cache: a restart (or another run) reads it
+    (store,) = (tmp_path / "cache" / "tokens").glob("tokens-*")
     assert (store / "stream_start.npy").is_file() and (store / "meta.json").is_file()
     assert np.load(store / "tokens.npy", mmap_mode="r").shape[0] > 5000
 

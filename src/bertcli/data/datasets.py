@@ -38,6 +38,7 @@ from bertcli.data.shards import (
     read_shard,
     shard_length,
 )
+from bertcli.data.token_cache import hold_in_use
 from bertcli.data.token_store import (  # noqa: F401 (corpus_cache_key: public)
     TokenStore,
     corpus_cache_key,
@@ -352,11 +353,13 @@ class TextDataset(torch.utils.data.Dataset):
 
 
 def _open_shared(path: Path) -> TokenStore:
-    """The store rank 0 built, as another rank sees it."""
+    """The store rank 0 built, as another rank sees it (marked in use, so no prune takes it)."""
     try:
-        return TokenStore.open(path)
+        store = TokenStore.open(path)
+        hold_in_use(path)
+        return store
     except (OSError, ValueError, KeyError, TypeError):
         raise UserError(
-            f"this rank cannot read the token store {path} that rank 0 wrote: the run directory "
-            "(--out) must be on a filesystem shared by all ranks"
+            f"this rank cannot read the token store {path} that rank 0 wrote: the token cache "
+            "(--cache-dir, $BERTCLI_CACHE) must be on a filesystem shared by all ranks"
         ) from None

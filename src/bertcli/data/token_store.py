@@ -22,7 +22,8 @@ every file its resolved path, size, `mtime_ns` and the sha256 of its first and l
 That is cheap at any corpus size and catches every ordinary change (an edit changes the size or
 the mtime; a copy over the file changes the mtime). The residual risk: an edit that keeps the size,
 leaves the first and last 64 KiB alone and restores the old mtime (e.g. `touch -d`) is not seen;
-delete `cache/` (or pass a new `--out`) after such surgery.
+delete the store from the cache (`token_cache`: `~/.cache/bertcli/tokens` by default) after
+such surgery.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from bertcli.atomic import atomic_directory, remove_tree
 from bertcli.console import Reporter
 from bertcli.data.corpus import CorpusStats, read_documents
 from bertcli.data.examples import Corpus, is_short_document
+from bertcli.data.token_cache import BuildLock, hold_in_use, release_claim, try_claim_unused
 from bertcli.errors import UserError
 
 STORE_VERSION = 1
@@ -281,7 +283,9 @@ def _source_id(files: list[Path], tokenizer, input_format: str) -> str:
 
 def remove_stale(path: Path, files: list[Path], tokenizer, input_format: str) -> list[Path]:
     """Delete the other stores in `path`'s cache built from the same files (since changed):
-    a 20 GB corpus edited once must not leave a 10 GB store behind."""
+    a 20 GB corpus edited once must not leave a 10 GB store behind. A store that another
+    running process reads is kept (see `token_cache`); other corpora's stores are never
+    touched."""
     source = _source_id(files, tokenizer, input_format)
     removed = []
     for other in sorted(path.parent.glob("tokens-*")):
@@ -291,9 +295,16 @@ def remove_stale(path: Path, files: list[Path], tokenizer, input_format: str) ->
             stale = json.loads((other / "meta.json").read_text()).get("source") == source
         except (OSError, ValueError):
             continue
-        if stale:
+        if not stale:
+            continue
+        claim = try_claim_unused(other)
+        if claim is None:
+            continue  # in use by another run: a later build prunes it
+        try:
             remove_tree(other)
-            removed.append(other)
+        finally:
+            release_claim(other, claim)
+        removed.append(other)
     return removed
 
 
@@ -309,12 +320,27 @@ def open_or_build(
     path: Path,
     reporter: Reporter | None = None,
 ) -> TokenStore:
-    """The store at `path` (from `store_path`) if complete and intact, else one built there."""
-    if path.is_dir():
-        try:
-            return TokenStore.open(path)
-        except (OSError, ValueError, KeyError, TypeError):
-            pass  # damaged (or an older version): rebuilt below, replacing it atomically
-    build_store(files, tokenizer, input_format, path, reporter)
-    remove_stale(path, files, tokenizer, input_format)
-    return TokenStore.open(path)
+    """The store at `path` (from `store_path`) if complete and intact, else one built there.
+
+    The cache may be shared by concurrent runs: one process builds a key while the others wait
+    on its build lock and then open what it built (`token_cache` says how).
+    """
+    lock = BuildLock(path)
+    try:
+        lock.__enter__()
+    except OSError as exc:
+        raise UserError(f"cannot write the token cache in {path.parent}: {exc.strerror}") from None
+    try:
+        if path.is_dir():
+            try:
+                store = TokenStore.open(path)
+                hold_in_use(path)
+                return store
+            except (OSError, ValueError, KeyError, TypeError):
+                pass  # damaged (or an older version): rebuilt below, replacing it atomically
+        build_store(files, tokenizer, input_format, path, reporter)
+        hold_in_use(path)
+        remove_stale(path, files, tokenizer, input_format)
+        return TokenStore.open(path)
+    finally:
+        lock.__exit__(None, None, None)

@@ -367,6 +367,7 @@ class Trainer:
                 "epoch": self.epoch,
                 "step_in_epoch": self.step_in_epoch,
                 "total_steps": self.total_steps,
+                "nsp": self.config.nsp,  # evaluate scores an MLM-only checkpoint on MLM only
                 # this step's metrics rows: --resume restores them if metrics.jsonl lost them
                 "metrics": self.metrics.rows_at(self.step) if self.metrics else [],
             }
@@ -522,7 +523,7 @@ class Trainer:
                         window.zero_()
                         window_steps, window_tokens, window_start = 0, 0, time.perf_counter()
                     fields = {}
-                    if last_row:
+                    if last_row.get("step") == self.step:  # given once: heartbeats mark them old
                         fields = {
                             "loss": last_row["loss"],
                             "lr": lr,
@@ -658,6 +659,7 @@ class Trainer:
             self.config.eval_batches or None,
             reporter=self.reporter,
             should_stop=(lambda: stop.requested) if stop is not None else None,
+            nsp=self.config.nsp,  # an MLM-only run's NSP head is untrained: no nsp_acc
         )
         if resume_progress:  # evaluate_model's display replaced the training one
             self.reporter.start(
@@ -671,7 +673,7 @@ class Trainer:
             self.metrics.write(row, prefix="eval")
         self.reporter.log(
             f"eval @ step {self.step}: mlm_loss {result['mlm_loss']:.4f}  "
-            f"mlm_acc {result['mlm_accuracy']:.4f}  ppl {result['perplexity']:.2f}  "
-            f"nsp_acc {result['nsp_accuracy']:.4f}"
+            f"mlm_acc {result['mlm_accuracy']:.4f}  ppl {result['perplexity']:.2f}"
+            + (f"  nsp_acc {result['nsp_accuracy']:.4f}" if self.config.nsp else "")
         )
         return row
