@@ -24,6 +24,7 @@ import io
 import json
 import lzma
 import os
+import re
 import tarfile
 import time
 import urllib.error
@@ -220,8 +221,12 @@ def refuse_foreign_directory(out: Path, name: str) -> None:
     if not out.is_dir():
         return
     ours = {MARKER, f".{name}.part", *(f"{split}.txt" for split in SPLITS)}
+    # an earlier version's temporaries of the split files (`.train.txt.tmp-…`) are ours too
+    splits = re.compile("|".join(re.escape(f"{split}.txt") for split in SPLITS))
     foreign = sorted(
-        e.name for e in out.iterdir() if e.name not in ours and not is_temporary(e.name)
+        e.name
+        for e in out.iterdir()
+        if e.name not in ours and not is_temporary(e.name, splits)
     )
     if foreign:
         shown = ", ".join(foreign[:3]) + (

@@ -33,6 +33,7 @@ def evaluate_model(
     runtime: Runtime,
     max_batches: int | None = None,
     reporter: Reporter | None = None,
+    *,
     should_stop: Callable[[], bool] | None = None,
     nsp: bool = True,
 ) -> dict[str, float | int] | None:
@@ -176,7 +177,7 @@ def evaluate_checkpoint(
             flag="--data-text",
             nsp=nsp,
         )
-    result = evaluate_model(model, dataset, batch_size, runtime, max_batches, reporter, nsp)
+    result = evaluate_model(model, dataset, batch_size, runtime, max_batches, reporter, nsp=nsp)
     return {**result, "nsp": nsp}
 
 
