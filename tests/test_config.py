@@ -92,6 +92,7 @@ def test_load_rejects_other_model_types(tmp_path):
         ("pretrain", "TrainConfig", {}, ["tensorboard"]),
         ("preprocess", "PreprocessConfig", {"inputs": "input"}, []),
         ("pretrain", "PretrainConfig", {}, ["data_mode", "model_overrides", "train", "command"]),
+        ("finetune", "FinetuneConfig", {}, []),
     ],
 )
 def test_options_take_default_and_help_from_the_config(command, config_name, renamed,
