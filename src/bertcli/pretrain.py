@@ -21,7 +21,6 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from bertcli import __version__
 from bertcli.atomic import write_text_atomic
 from bertcli.config import BertConfig, PretrainConfig
 from bertcli.console import Reporter
@@ -42,7 +41,7 @@ from bertcli.tokenizer import (
 )
 from bertcli.train.checkpoint import STATE_FILE, resolve_checkpoint
 from bertcli.train.rundir import check_shared_file, claim_run_dir
-from bertcli.train.runtime import Runtime, init_runtime, shutdown
+from bertcli.train.runtime import Runtime, init_runtime, run_environment, shutdown
 from bertcli.train.trainer import Trainer
 from bertcli.vocab_resize import VocabGrowth, grow_embeddings, plan_growth
 
@@ -477,16 +476,8 @@ def _tokenizer_extension(tokenizer: BertTokenizer | None) -> dict[str, Any] | No
 def _write_run_json(
     out, config, runtime, model, train_files, eval_files, tokenizer, sources=None
 ) -> None:
-    import tokenizers
-
     data = {
-        "bertcli_version": __version__,
-        "torch_version": torch.__version__,
-        "tokenizers_version": tokenizers.__version__,
-        "python_version": platform.python_version(),
-        "device": str(runtime.device),
-        "precision": runtime.precision,
-        "world_size": runtime.world_size,
+        **run_environment(runtime),
         "parameters": model.num_parameters(),
         "train_files": [str(p) for p in train_files],
         "eval_files": [str(p) for p in eval_files],

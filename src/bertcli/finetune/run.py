@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import json
-import platform
 import shutil
 import statistics
 import time
@@ -29,7 +28,6 @@ import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from bertcli import __version__
 from bertcli.atomic import atomic_directory, remove_tree, write_text_atomic
 from bertcli.config import FinetuneConfig
 from bertcli.console import Reporter
@@ -46,7 +44,7 @@ from bertcli.sizing import check_fits
 from bertcli.tokenizer import BertTokenizer, load_tokenizer
 from bertcli.train.optim import build_optimizer
 from bertcli.train.rundir import claim_run_dir
-from bertcli.train.runtime import Runtime, init_runtime, shutdown
+from bertcli.train.runtime import Runtime, init_runtime, run_environment, shutdown
 from bertcli.train.schedules import learning_rate, warmup_steps_for
 from bertcli.unpad import Unpadding
 
@@ -595,16 +593,8 @@ def _sentences(data: TaskData) -> int:
 
 
 def _write_run_json(out, config, runtime, model_config, init_dir, data) -> None:
-    import tokenizers
-
     info = {
-        "bertcli_version": __version__,
-        "torch_version": torch.__version__,
-        "tokenizers_version": tokenizers.__version__,
-        "python_version": platform.python_version(),
-        "device": str(runtime.device),
-        "precision": runtime.precision,
-        "world_size": runtime.world_size,
+        **run_environment(runtime),
         "init_from": str(init_dir),
         "train_file": str(data.train_path),
         "eval_files": [str(e.path) for e in data.evals],

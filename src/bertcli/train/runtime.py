@@ -177,3 +177,23 @@ def stop_with_launcher(poll_seconds: float = 0.5) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
     threading.Thread(target=watch, name="bertcli-launcher-watch", daemon=True).start()
+
+
+def run_environment(runtime: Runtime) -> dict[str, Any]:
+    """The versions and the device every command's run.json records, so that runs compare."""
+    import platform
+
+    import tokenizers
+    import torch
+
+    from bertcli import __version__
+
+    return {
+        "bertcli_version": __version__,
+        "torch_version": torch.__version__,
+        "tokenizers_version": tokenizers.__version__,
+        "python_version": platform.python_version(),
+        "device": str(runtime.device),
+        "precision": runtime.precision,
+        "world_size": runtime.world_size,
+    }
