@@ -90,9 +90,12 @@ class _StopFlag:
             self.restore()
 
     def restore(self) -> None:
-        """Put the previous signal handlers back."""
+        """Put the previous signal handlers back. After a stop request SIGTERM stays caught: a
+        repeated one (torchrun, PR_SET_PDEATHSIG) must not kill the process between the final
+        save and its lock release and exit 0 (it did, now and then, in the launcher-kill test)."""
         for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
+            if not (self.requested and sig == signal.SIGTERM):
+                signal.signal(sig, handler)
         self.previous = {}
 
 
