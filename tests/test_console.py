@@ -33,13 +33,26 @@ def test_byte_phases_show_sizes():
 
 
 def test_quiet_off_a_terminal_and_under_json(capsys):
-    assert isinstance(make_reporter(quiet=True), PlainReporter)
     assert isinstance(make_reporter(), PlainReporter)  # pytest's stdout is not a terminal
     reporter = make_reporter()
     reporter.start("x", total=3)
     reporter.advance(3)
     reporter.finish()
     assert capsys.readouterr().out == ""
+
+
+def test_json_keeps_progress_on_stderr(capsys, monkeypatch):
+    """--json: stdout is the JSON's alone, yet a log of stderr shows the run advancing."""
+    reporter = make_reporter(quiet=True)
+    assert isinstance(reporter, PlainReporter)
+    monkeypatch.setattr(reporter, "every_seconds", 0.0)
+    reporter.start("Pretraining", total=3, unit="steps")
+    reporter.advance(2, loss=7.5)
+    reporter.status(step=2, loss=7.5)
+    reporter.finish()
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "Pretraining 2/3 steps" in captured.err and "loss=7.5" in captured.err
 
 
 def test_slow_rates_are_seconds_per_step(capsys):

@@ -3,7 +3,9 @@
 Core modules never print; they take a `Reporter` and call `start/advance/status/finish`, which
 the CLI backs with a rich progress bar on a terminal, or off a terminal (SLURM, nohup, `| tee`)
 with plain lines: one per `status` (the trainer's --log-every rows) and one every
-`every_seconds` during long phases, each with done/total and ETA. --json is quiet.
+`every_seconds` during long phases, each with done/total and ETA. --json keeps stdout to the
+JSON object and shows the same progress on stderr, so `--json > result.json 2> run.log` still
+logs a run advancing.
 """
 
 from __future__ import annotations
@@ -213,7 +215,10 @@ def _fmt(value: Any) -> str:
 
 
 def make_reporter(quiet: bool = False) -> Reporter:
-    """A progress bar on a terminal; plain lines off one; only log lines when asked (--json)."""
-    if quiet or not sys.stdout.isatty():
-        return PlainReporter(progress=not quiet)
+    """A progress bar on a terminal; plain lines off one. `quiet` (--json) keeps stdout for the
+    JSON: the progress goes to stderr, a bar when stderr is a terminal, plain lines otherwise."""
+    if quiet:
+        return RichReporter(stderr) if sys.stderr.isatty() else PlainReporter()
+    if not sys.stdout.isatty():
+        return PlainReporter()
     return RichReporter(stdout)

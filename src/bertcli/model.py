@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bertcli.config import BertConfig
+from bertcli.cpu_gemm import Linear, linear
 from bertcli.sizing import check_fits
 from bertcli.unpad import Unpadding, pad, unpad, unpad_pays
 
@@ -97,8 +98,8 @@ class SelfAttention(nn.Module):
         super().__init__()
         self.num_heads = config.num_attention_heads
         self.head_size = config.head_size
-        self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size)
-        self.out = nn.Linear(config.hidden_size, config.hidden_size)
+        self.qkv = Linear(config.hidden_size, 3 * config.hidden_size)
+        self.out = Linear(config.hidden_size, config.hidden_size)
         self.attn_dropout = config.attention_probs_dropout_prob
         self.varlen: Callable | None = None  # flash_attn_varlen_qkvpacked_func, when enabled
 
@@ -135,8 +136,8 @@ class EncoderLayer(nn.Module):
         super().__init__()
         self.attention = SelfAttention(config)
         self.attn_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.ffn_in = nn.Linear(config.hidden_size, config.intermediate_size)
-        self.ffn_out = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.ffn_in = Linear(config.hidden_size, config.intermediate_size)
+        self.ffn_out = Linear(config.intermediate_size, config.hidden_size)
         self.ffn_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.act = activation(config.hidden_act)
@@ -159,7 +160,7 @@ class BertModel(nn.Module):
         self.config = config
         self.embeddings = Embeddings(config)
         self.layers = nn.ModuleList(EncoderLayer(config) for _ in range(config.num_hidden_layers))
-        self.pooler = nn.Linear(config.hidden_size, config.hidden_size)
+        self.pooler = Linear(config.hidden_size, config.hidden_size)
         self.unpad_tokens = True  # False: always the padded layout (the old path, benchmarks)
 
     def _unpadding(
@@ -245,10 +246,10 @@ class BertForPreTraining(nn.Module):
         super().__init__()
         self.config = config
         self.bert = BertModel(config)
-        self.mlm_dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.mlm_dense = Linear(config.hidden_size, config.hidden_size)
         self.mlm_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.mlm_bias = nn.Parameter(torch.zeros(config.vocab_size))
-        self.nsp = nn.Linear(config.hidden_size, 2)
+        self.nsp = Linear(config.hidden_size, 2)
         self.act = activation(config.hidden_act)
         self.apply(self._init_weights)
 
@@ -274,7 +275,7 @@ class BertForPreTraining(nn.Module):
     def mlm_head(self, hidden: torch.Tensor) -> torch.Tensor:
         """(..., H) hidden states -> (..., V) vocabulary logits."""
         h = self.mlm_norm(self.act(self.mlm_dense(hidden)))
-        return F.linear(h, self.decoder_weight, self.mlm_bias)
+        return linear(h, self.decoder_weight, self.mlm_bias)
 
     def use_flash_attention(self, varlen: Callable | None) -> None:
         """Run unpadded attention through `varlen` (flash-attn's qkv-packed varlen function)."""
@@ -397,7 +398,7 @@ class BertForSequenceClassification(nn.Module):
         self.problem_type = problem_type
         self.bert = BertModel(config)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
-        self.classifier = nn.Linear(config.hidden_size, num_labels)
+        self.classifier = Linear(config.hidden_size, num_labels)
         self.apply(lambda m: init_bert_weights(m, config.initializer_range))
 
     def forward(
@@ -442,7 +443,7 @@ class BertForTokenClassification(nn.Module):
         for p in self.bert.pooler.parameters():
             p.requires_grad_(False)  # unused: DDP must not wait for its gradient
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
-        self.classifier = nn.Linear(config.hidden_size, num_labels)
+        self.classifier = Linear(config.hidden_size, num_labels)
         self.apply(lambda m: init_bert_weights(m, config.initializer_range))
 
     def forward(

@@ -35,6 +35,7 @@ class Runtime:
     world_size: int
     device: torch.device
     precision: str  # resolved: fp32, bf16 or fp16
+    cpu_gemm: str = "torch"  # fp32 CPU linear layers: torch's BLAS or oneDNN (bertcli.cpu_gemm)
 
     @property
     def is_main(self) -> bool:
@@ -139,7 +140,21 @@ def init_runtime(device: str = "auto", precision: str = "auto") -> Runtime:
     if dev.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    return Runtime(rank, local_rank, world_size, dev, resolve_precision(precision, dev))
+    runtime = Runtime(rank, local_rank, world_size, dev, resolve_precision(precision, dev))
+    runtime.cpu_gemm = _choose_cpu_gemm(runtime)
+    return runtime
+
+
+def _choose_cpu_gemm(runtime: Runtime) -> str:
+    """Measure once per process, then use rank 0's choice everywhere: all ranks of a job sum
+    in the same order, and a resume on the same machine picks what the run picked."""
+    from bertcli import cpu_gemm
+
+    chosen, _ = cpu_gemm.choose(runtime.device, runtime.precision)
+    agreed = runtime.from_main(chosen)
+    if agreed != chosen:
+        cpu_gemm.set_backend(agreed)
+    return agreed
 
 
 def shutdown(runtime: Runtime) -> None:
@@ -195,5 +210,6 @@ def run_environment(runtime: Runtime) -> dict[str, Any]:
         "python_version": platform.python_version(),
         "device": str(runtime.device),
         "precision": runtime.precision,
+        "cpu_gemm": runtime.cpu_gemm,
         "world_size": runtime.world_size,
     }

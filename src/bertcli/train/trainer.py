@@ -484,7 +484,9 @@ class Trainer:
         self.model.train()
         self.reporter.log(
             f"{self.model.num_parameters() / 1e6:.1f}M parameters on {runtime.device} "
-            f"({runtime.precision}, {runtime.world_size} process"
+            f"({runtime.precision}"
+            + (", oneDNN matmuls" if runtime.cpu_gemm == "onednn" else "")
+            + f", {runtime.world_size} process"
             f"{'es' if runtime.world_size > 1 else ''}); "
             f"{self.total_steps - self.start_step} steps of "
             f"{cfg.batch_size * cfg.batches_per_step * runtime.world_size} sequences"
