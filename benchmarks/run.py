@@ -375,12 +375,26 @@ def bench_real_shards(preset: str, seq: int, max_pred: int, batch: int, count: i
     def padded(b):
         padded_step(ours, opt_a, b, positions=True)
 
+    from bertcli import cpu_gemm
+
+    chosen = "onednn" if cpu_gemm.onednn_enabled() else "torch"
+
+    def torch_blas(b):
+        """The default path with torch's own BLAS for the linear layers (before cpu_gemm)."""
+        cpu_gemm.set_backend("torch")
+        try:
+            unpadded_step(ours, opt_a, b, device, force=False)
+        finally:
+            cpu_gemm.set_backend(chosen)
+
     runs = {
         "transformers": hf,
         "padded": padded,
         "unpadded": lambda b: unpadded_step(ours, opt_a, b, device, force=True),
         "default": lambda b: unpadded_step(ours, opt_a, b, device, force=False),
     }
+    if chosen == "onednn":
+        runs["default_torch_blas"] = torch_blas
     for fn in runs.values():  # warm up every path
         fn(batches[0])
     times: dict[str, list[float]] = {name: [] for name in runs}
@@ -401,13 +415,15 @@ def bench_real_shards(preset: str, seq: int, max_pred: int, batch: int, count: i
         "padding_of_timed_batches": 1.0 - tokens / (len(batches) * batch * seq),
         "default_unpadded_batches": sum(unpad_pays("cpu", p) for p in shares),
         "seconds": total,
+        "cpu_gemm": chosen,
         "speedup_vs_transformers": {
-            name: total["transformers"] / total[name] for name in ("padded", "unpadded", "default")
+            name: total["transformers"] / total[name] for name in runs if name != "transformers"
         },
         # the median over batches of each path's time over the padded path's (load-robust)
         "median_ratio_to_padded": {
             name: statistics.median(a / p for a, p in zip(times[name], times["padded"]))
-            for name in ("unpadded", "default", "transformers")
+            for name in runs
+            if name != "padded"
         },
     }
 
@@ -694,15 +710,27 @@ def main() -> None:
     parser.add_argument(
         "--work-dir", type=Path, help="keep the WikiText-2 shards here between runs (default: temp)"
     )
+    parser.add_argument(
+        "--cpu-gemm",
+        choices=["auto", "onednn", "torch"],
+        default="auto",
+        help="fp32 CPU linear layers as the commands choose them (auto), or forced",
+    )
     args = parser.parse_args()
     device = torch.device(args.device)
     only = set(args.only.split(","))
+    from bertcli import cpu_gemm
+
+    os.environ[cpu_gemm.ENV] = args.cpu_gemm
+    gemm, gemm_speedup = cpu_gemm.choose(device)
     results: dict = {
         "machine": {
             "device": args.device,
             "cpus": os.cpu_count(),
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
+            "cpu_gemm": gemm,
+            "cpu_gemm_measured_speedup": gemm_speedup,
         }
     }
     if "step" in only:

@@ -128,3 +128,15 @@ def test_choose_measures_once_per_machine(monkeypatch, tmp_path, backend):
 
 def test_measure_returns_a_positive_ratio(backend):
     assert cpu_gemm.measure(hidden=32, tokens=64, repeats=1) > 0
+
+
+def test_flop_counter_counts_the_onednn_path(backend):
+    """MFU and FLOP checks count oneDNN's products as they count addmm: 2 M K N each."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    backend("onednn")
+    x = torch.randn(8, 16, requires_grad=True)
+    w = torch.randn(4, 16, requires_grad=True)
+    with FlopCounterMode(display=False) as counter:
+        cpu_gemm.linear(x, w).sum().backward()
+    assert counter.get_total_flops() == 3 * 2 * 8 * 16 * 4  # forward, grad input, grad weight

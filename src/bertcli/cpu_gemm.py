@@ -47,6 +47,25 @@ def _onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
 
 
+def _register_flops() -> None:
+    """Let torch's FlopCounterMode count oneDNN's linear as it counts addmm (2 M K N)."""
+    try:
+        from torch.utils.flop_counter import register_flop_formula
+
+        @register_flop_formula(torch.ops.mkldnn._linear_pointwise)
+        def _flops(x_shape, w_shape, *args, out_shape=None, **kwargs) -> int:
+            rows = 1
+            for size in x_shape[:-1]:
+                rows *= size
+            return 2 * rows * x_shape[-1] * w_shape[0]
+
+    except (AttributeError, RuntimeError, ImportError, ValueError):
+        pass  # no oneDNN op (then it is never used) or a counter without registration
+
+
+_register_flops()
+
+
 class _OneDnnLinear(torch.autograd.Function):
     """F.linear with all three products in oneDNN (the weight gradient computed transposed,
     as oneDNN's inner product wants its operands)."""
