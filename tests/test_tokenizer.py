@@ -276,3 +276,44 @@ def test_truncated_sentencepiece_model_is_one_line(tmp_path, invoke, data):
     result = invoke("build-tokenizer", "--sentencepiece-model", path, "--out", tmp_path / "t")
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert result.stderr.strip().startswith("error: --sentencepiece-model")
+
+
+def _padded_tokenizer_dir(tmp_path):
+    """A tokenizer directory as sentence-transformers saves one: every text padded and cut to 16
+    in tokenizer.json (all-MiniLM-L6-v2 ships Fixed 128 padding and truncation at 128)."""
+    tok = tokenizer_from_vocab(require(VOCAB_DIR / "bert-base-uncased.txt"))
+    save_tokenizer(tok, tmp_path / "clean")
+    tok.tokenizer.enable_padding(length=16, pad_id=tok.pad_id, pad_token="[PAD]")
+    tok.tokenizer.enable_truncation(16)
+    save_tokenizer(tok, tmp_path / "padded")
+    stored = json.loads((tmp_path / "padded" / "tokenizer.json").read_text())
+    assert stored["padding"] and stored["truncation"]  # the hazard is really in the file
+    return tmp_path / "clean", tmp_path / "padded"
+
+
+def test_loaded_tokenizer_ignores_fixed_padding_and_truncation(tmp_path):
+    """bertcli encodes whole lines: a tokenizer.json's padding/truncation must not cut or pad."""
+    clean, padded = _padded_tokenizer_dir(tmp_path)
+    texts = ["hello world", "the quick brown fox jumps over the lazy dog " * 10]
+    want = load_tokenizer(clean).encode_batch(texts)
+    got = load_tokenizer(padded).encode_batch(texts)
+    assert got == want
+    assert len(got[0]) == 2 and len(got[1]) == 90  # neither padded to 16 nor cut at it
+
+
+def test_preprocess_with_a_padding_tokenizer_makes_the_same_shards(invoke, tmp_path):
+    """The domain workflow's input: a published sentence-transformers tokenizer directory."""
+    clean, padded = _padded_tokenizer_dir(tmp_path)
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(require(WIKITEXT2 / "valid.txt").read_text()[:60_000])
+    stats = {}
+    for name, tok in (("clean", clean), ("padded", padded)):
+        result = invoke(
+            "preprocess", "--input", corpus, "--tokenizer", tok, "--out", tmp_path / f"o-{name}",
+            "--dupe-factor", "1", "--max-seq-length", "64", "--json",
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+        stats[name] = json.loads(result.stdout)
+    for key in ("train_examples", "sentences", "tokens", "long_sentences"):
+        assert stats["padded"][key] == stats["clean"][key], key
+    assert stats["clean"]["tokens"] > 10_000 and stats["clean"]["long_sentences"] < 50

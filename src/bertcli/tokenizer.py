@@ -398,6 +398,12 @@ def tokenizer_from_sentencepiece(path: str | Path, lowercase: bool = False) -> B
 
 
 def _wrap(tokenizer: Tokenizer, kind: str, lowercase: bool) -> BertTokenizer:
+    # A tokenizer.json may carry padding and truncation (sentence-transformers' models pad and
+    # cut every text to 128: all-MiniLM-L6-v2 does). bertcli encodes whole lines and documents
+    # and sizes sequences itself; kept, they would silently cut every line at 128 tokens and
+    # fill the corpus with [PAD].
+    tokenizer.no_padding()
+    tokenizer.no_truncation()
     ids = _special_ids(tokenizer, "tokenizer")
     return BertTokenizer(
         tokenizer=tokenizer,

@@ -418,17 +418,15 @@ def _refuse_other_run(out: Path, runtime: Runtime) -> None:
 
 
 def finetune_tokenizer(tokenizer: Path | None, init_dir: Path, init_from: str) -> BertTokenizer:
-    """--tokenizer, else the checkpoint's own; with the padding and truncation a
-    `tokenizer.json` may carry switched off (sentence-transformers' pad every text to 128):
-    batches pad themselves, and pairs are truncated here, longest first."""
+    """--tokenizer, else the checkpoint's own (`load_tokenizer` switches off the padding and
+    truncation a `tokenizer.json` may carry: batches pad themselves, and pairs are truncated
+    here, longest first)."""
     if tokenizer is not None:
         tok = load_tokenizer(tokenizer)
     elif (init_dir / "tokenizer.json").is_file() or (init_dir / "vocab.txt").is_file():
         tok = load_tokenizer(init_dir)
     else:
         raise UserError(f"--init-from {init_from} holds no tokenizer; pass --tokenizer DIR")
-    tok.tokenizer.no_padding()
-    tok.tokenizer.no_truncation()
     return tok
 
 
