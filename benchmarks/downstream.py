@@ -9,6 +9,13 @@
 
 Everything scales by flags; the JSON records exactly what ran, with the load average.
 Run: python benchmarks/downstream.py --sst2-train 8000 --seeds 3 --pretrain-steps 2000
+
+On a 2-core machine the goal run takes about three hours in one process. Its halves are
+independent, so run them side by side with one thread each and merge the two reports:
+
+    python benchmarks/downstream.py --work /tmp/dsA --out /tmp/A.json --skip scratch pretrained ... &
+    python benchmarks/downstream.py --work /tmp/dsB --out /tmp/B.json --skip minilm trainer ... &
+    python benchmarks/downstream.py --merge /tmp/A.json /tmp/B.json --out benchmarks/results/X.json
 """
 
 from __future__ import annotations
@@ -260,6 +267,21 @@ def mini_scratch(scratch: Path, pre: Path) -> Path:
     return scratch
 
 
+def merge(reports: list[Path], out: Path) -> None:
+    """One report from several made side by side (each ran a disjoint part of the table)."""
+    merged: dict = {"parts": [], "table": {}}
+    for path in reports:
+        part = json.loads(path.read_text())
+        merged["table"].update(part.pop("table", {}))
+        for key in ("trainer", "speed", "pretrain_time_s"):
+            if key in part:
+                merged[key] = part.pop(key)
+        merged["parts"].append({"report": str(path), **part})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(merged, indent=2) + "\n")
+    print(json.dumps(merged["table"], indent=2))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=Path("/tmp/bertcli-downstream"))
@@ -282,7 +304,13 @@ def main() -> None:
     parser.add_argument(
         "--skip", nargs="*", default=[], help="scratch pretrained minilm trainer wnut"
     )
+    parser.add_argument(
+        "--merge", nargs="+", type=Path, help="combine reports of runs made side by side"
+    )
     args = parser.parse_args()
+    if args.merge:
+        merge(args.merge, args.out)
+        return
     os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the bertcli subprocesses
     args.work.mkdir(parents=True, exist_ok=True)
     log = args.work / "log.txt"

@@ -476,7 +476,10 @@ def _run(config: FinetuneConfig, runtime: Runtime, log: Reporter, cleanup) -> di
     log.log(
         f"{task.name}: {len(data.train)} training "
         f"{'windows' if data.kind == 'token' else 'examples'}"
-        f", {num_eval} eval examples, {len(data.labels) if not data.regression else 1} labels"
+        f", {num_eval} eval examples, {len(data.labels) if not data.regression else 1} labels; "
+        f"on {runtime.device} ({runtime.precision}"
+        + (", oneDNN matmuls" if runtime.cpu_gemm == "onednn" else "")
+        + f", {runtime.world_size} process{'es' if runtime.world_size > 1 else ''})"
     )
     if runtime.is_main:
         out.mkdir(parents=True, exist_ok=True)
