@@ -140,3 +140,15 @@ def test_flop_counter_counts_the_onednn_path(backend):
     with FlopCounterMode(display=False) as counter:
         cpu_gemm.linear(x, w).sum().backward()
     assert counter.get_total_flops() == 3 * 2 * 8 * 16 * 4  # forward, grad input, grad weight
+
+
+def test_linear_on_strided_views(backend):
+    """The pooler reads x[:, 0], a strided view; its gradient flows back into the full tensor."""
+    x = torch.randn(4, 9, 16, requires_grad=True)
+    w = torch.randn(8, 16, requires_grad=True)
+    ref_out, ref_grads = _grads(lambda a, b, c: F.linear(a[:, 0], b), x, w, None, torch.ones(4, 8))
+    backend("onednn")
+    out, grads = _grads(lambda a, b, c: cpu_gemm.linear(a[:, 0], b), x, w, None, torch.ones(4, 8))
+    torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-5)
+    for got, want in zip(grads, ref_grads):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
