@@ -711,6 +711,9 @@ def main() -> None:
         "--work-dir", type=Path, help="keep the WikiText-2 shards here between runs (default: temp)"
     )
     parser.add_argument(
+        "--real-presets", default="", help="only these presets' real-shard rows (e.g. mini)"
+    )
+    parser.add_argument(
         "--cpu-gemm",
         choices=["auto", "onednn", "torch"],
         default="auto",
@@ -765,6 +768,7 @@ def main() -> None:
                         ("mini", 512, 80, 4, 12),
                         ("small", 512, 80, 4, 12),
                     )
+                    if not args.real_presets or p in args.real_presets.split(",")
                 ]
             if "compile" in only:
                 results["compile"] = bench_compile(args.repeats, work)
