@@ -35,9 +35,9 @@ from bertcli.errors import UserError
 
 BACKENDS = ("auto", "onednn", "torch")
 ENV = "BERTCLI_CPU_GEMM"
-# oneDNN must win by this margin: a choice that flips with the load would change the
-# summation order between a run and its resume
-MIN_SPEEDUP = 1.25
+# oneDNN must win by this margin (the measurement is cached per machine, so the choice does
+# not flip between a run and its resume; the margin keeps a near-tie on torch's own path)
+MIN_SPEEDUP = 1.1
 
 _use_onednn = False
 
@@ -150,7 +150,7 @@ def _step_seconds(fn, x, w, b, grad: torch.Tensor, repeats: int) -> float:
     return best
 
 
-def measure(hidden: int = 256, tokens: int = 1024, repeats: int = 2) -> float:
+def measure(hidden: int = 256, tokens: int = 2048, repeats: int = 3) -> float:
     """How many times faster oneDNN runs a BERT-shaped linear layer (forward + backward) here."""
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(tokens, hidden, generator=gen, requires_grad=True)
