@@ -250,6 +250,14 @@ def main() -> None:
             row["ratios"]["warm_wall"] = b["warm_wall_s"] / t["warm_wall_s"]
         pairs.append(row)
         print(json.dumps(row["ratios"]), flush=True)
+        text = report(args, pairs)  # after every pair: a run cut short keeps what it measured
+        if args.json:
+            args.json.write_text(text)
+    print(text)
+
+
+def report(args, pairs: list[dict]) -> str:
+    """The JSON of the pairs so far, with their medians."""
     medians = {k: statistics.median(p["ratios"][k] for p in pairs) for k in pairs[0]["ratios"]}
     result = {
         "config": {k: v for k, v in vars(args).items() if k in (
@@ -258,11 +266,7 @@ def main() -> None:
         "medians": medians,
         "date": time.strftime("%Y-%m-%d"),
     }  # fmt: skip
-    text = json.dumps(result, indent=2, default=str) + "\n"
-    if args.json:
-        args.json.write_text(text)
-    print(text)
-
+    return json.dumps(result, indent=2, default=str) + "\n"
 
 if __name__ == "__main__":
     main()
