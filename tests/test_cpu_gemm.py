@@ -124,6 +124,8 @@ def test_choose_measures_once_per_machine(monkeypatch, tmp_path, backend):
     assert cpu_gemm.choose(torch.device("cpu")) == ("torch", 1.05)  # below MIN_SPEEDUP
     cache.write_text("\x00garbage")
     assert cpu_gemm.choose(torch.device("cpu")) == ("onednn", 3.0) and len(calls) == 2
+    cache.write_text(json.dumps({cpu_gemm.machine_key(): 1.05, "pad": "x" * (1 << 20)}))
+    assert cpu_gemm.choose(torch.device("cpu")) == ("onednn", 3.0) and len(calls) == 3  # not read
 
 
 def test_measure_returns_a_positive_ratio(backend):
